@@ -1,0 +1,313 @@
+"""Typed configuration of every component, with YAML overrides validated on load.
+
+The defaults are the paper's (hidden 256, 9 decoder layers, 300 queries, bottleneck
+stride 16, single-scale decoding). A named config of the zoo (``mobius_core/zoo/*.yaml``)
+or a user YAML file only overrides fields; an unknown key or a bad value raises
+``ConfigError`` naming the key, the value and what is allowed.
+
+A user file may start from a zoo entry with ``base: NAME``::
+
+    base: mini_m
+    model:
+      decoder: {num_queries: 100}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid; the message names the key and the fix."""
+
+
+def _choice(*values: str, default: str) -> Any:
+    return field(default=default, metadata={"choices": values})
+
+
+def _bounded(default: float | int, lo: float | None = None, hi: float | None = None) -> Any:
+    return field(default=default, metadata={"min": lo, "max": hi})
+
+
+@dataclass
+class BackboneConfig:
+    """Vision encoder. ``name`` is a timm MobileNetV4 variant, ``resnet50`` or
+    ``fastervit_0``..``fastervit_3``; ``pretrained_path`` a local weights file.
+    ``resolution`` (FasterViT only) is the largest input side the model accepts, rounded
+    up to a multiple of 224; smaller inputs are padded, so build it for the size you run."""
+
+    name: str = "resnet50"
+    pretrained_path: str | None = None
+    resolution: int = _bounded(448, 32, 8192)
+
+
+@dataclass
+class TextEncoderConfig:
+    """Text encoder: ``minilm`` (offline all-MiniLM-L6-v2) or ``clip`` (open_clip text tower)."""
+
+    kind: str = _choice("minilm", "clip", default="minilm")
+    pretrained: bool = True
+    clip_arch: str = "ViT-B-16"
+    checkpoint: str | None = None
+    max_prompts: int = _bounded(256, 1, 100_000)
+    max_chars: int = _bounded(200, 1, 10_000)
+
+
+@dataclass
+class PixelDecoderConfig:
+    """Pixel decoder. ``bottleneck`` is MOBIUS (Eq. 1); ``maskdino`` and ``rtdetr`` are the
+    GLEE-style baselines. ``num_blocks`` is M (encoder layers for the baselines)."""
+
+    kind: str = _choice("bottleneck", "maskdino", "rtdetr", default="bottleneck")
+    num_blocks: int = _bounded(6, 1, 64)
+    ffn_dim: int = _bounded(2048, 1, 65_536)
+    num_heads: int = _bounded(8, 1, 64)
+    num_points: int = _bounded(4, 1, 64)
+    bottleneck_stride: int = field(default=16, metadata={"choices": (8, 16, 32)})
+    text_fusion: bool = True
+    dropout: float = _bounded(0.0, 0.0, 1.0)
+
+
+@dataclass
+class DecoderConfig:
+    """Transformer decoder: ``single`` decodes the bottleneck scale only, ``multi`` all levels."""
+
+    num_layers: int = _bounded(9, 1, 64)
+    num_queries: int = _bounded(300, 1, 10_000)
+    ffn_dim: int = _bounded(2048, 1, 65_536)
+    num_heads: int = _bounded(8, 1, 64)
+    num_points: int = _bounded(4, 1, 64)
+    scales: str = _choice("single", "multi", default="single")
+    dropout: float = _bounded(0.0, 0.0, 1.0)
+
+
+@dataclass
+class ClassifierConfig:
+    """Language-guided classification: scaled cosine (Eq. 3) or GLEE's dot product."""
+
+    kind: str = _choice("cosine", "dot", default="cosine")
+    logit_scale_init: float = _bounded(math.log(1 / 0.07), 0.0, 10.0)
+    logit_scale_max: float = _bounded(math.log(100.0), 0.0, 10.0)
+    prior_prob: float = _bounded(0.01, 1e-6, 0.5)
+
+
+@dataclass
+class PruningConfig:
+    """Inference-time query pruning (Eq. 5-7). Off in training whatever ``enabled`` says."""
+
+    enabled: bool = False
+    schedule: str = _choice("sigmoid", "exponential", "logarithmic", default="sigmoid")
+    low: float = _bounded(0.05, 0.0, 1.0)
+    high: float = _bounded(0.2, 0.0, 1.0)
+    beta: float = _bounded(1.0, 1e-6, 100.0)
+    min_keep: int = _bounded(100, 1, 10_000)
+
+
+@dataclass
+class ModelConfig:
+    hidden_dim: int = _bounded(256, 8, 4096)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class Config:
+    """Everything one named model needs. Training and data sections join here later."""
+
+    name: str = "custom"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+# ---------------------------------------------------------------------------
+# Loading and validation
+
+
+def zoo_names() -> list[str]:
+    """Names of the configs shipped in ``mobius_core/zoo``."""
+    return sorted(p.stem for p in ZOO_DIR.glob("*.yaml"))
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a zoo config by name or a YAML file by path, then apply ``overrides``.
+
+    ``overrides`` is a nested dict or a flat dict of dotted keys
+    (``{"model.decoder.num_queries": 100}``).
+    """
+    data = _read_yaml_chain(str(name_or_path), seen=())
+    data["name"] = Path(str(name_or_path)).stem
+    cfg = _apply(Config(), data, prefix="")
+    if overrides:
+        cfg = _apply(cfg, _nest(overrides), prefix="")
+    _check_cross_fields(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Return a copy of ``cfg`` with ``overrides`` (nested or dotted keys) validated and applied."""
+    out = _apply(cfg, _nest(overrides), prefix="")
+    _check_cross_fields(out)
+    return out
+
+
+def parse_set_args(items: list[str]) -> dict[str, Any]:
+    """Turn ``["model.decoder.num_queries=100", ...]`` into a dotted-key dict (values as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. model.decoder.num_queries=100)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _read_yaml_chain(name_or_path: str, seen: tuple[str, ...]) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if not path.suffix and (ZOO_DIR / f"{name_or_path}.yaml").is_file():
+        path = ZOO_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"config {name_or_path!r} is neither a zoo name nor a YAML file; "
+            f"zoo names: {', '.join(zoo_names())}"
+        )
+    if str(path) in seen:
+        raise ConfigError(f"config {path} inherits from itself through 'base'")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if "name" in data:
+        raise ConfigError(f"{path}: 'name' is not set in a file; a config is named after its file")
+    if base is None:
+        return data
+    parent = _read_yaml_chain(str(base), seen + (str(path),))
+    return _deep_merge(parent, data)
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r} conflicts with another override of {p!r}")
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]] = _deep_merge(node[parts[-1]], value)
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key {path!r}; allowed keys here: {', '.join(sorted(fields))}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _apply(current, value, prefix=f"{path}.")
+        else:
+            changes[key] = _check_value(path, value, hints[key], fields[key].metadata)
+    return dataclasses.replace(obj, **changes)
+
+
+def _check_value(path: str, value: Any, hint: Any, meta: Any) -> Any:
+    value = _coerce(path, value, hint)
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(
+            f"{path}={value!r} is not allowed; choose one of: {', '.join(map(str, choices))}"
+        )
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ConfigError(f"{path}={value!r} is out of range; allowed: {lo} <= {path} <= {hi}")
+    return value
+
+
+def _coerce(path: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(path, value, inner[0])
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list of {item.__name__}, got {value!r}")
+        return [_coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported config type {hint!r}")  # pragma: no cover
+
+
+def _check_cross_fields(cfg: Config) -> None:
+    m = cfg.model
+    if m.hidden_dim % m.pixel_decoder.num_heads or m.hidden_dim % m.decoder.num_heads:
+        raise ConfigError(
+            f"model.hidden_dim={m.hidden_dim} must be divisible by the number of attention heads "
+            f"(pixel_decoder.num_heads={m.pixel_decoder.num_heads}, "
+            f"decoder.num_heads={m.decoder.num_heads})"
+        )
+    if m.hidden_dim % 32:
+        raise ConfigError(f"model.hidden_dim={m.hidden_dim} must be a multiple of 32 (GroupNorm)")
+    if m.pruning.low > m.pruning.high:
+        raise ConfigError(
+            f"model.pruning.low={m.pruning.low} must not exceed model.pruning.high={m.pruning.high}"
+        )
+    if len(m.pixel_mean) != 3 or len(m.pixel_std) != 3 or min(m.pixel_std) <= 0:
+        raise ConfigError("model.pixel_mean and model.pixel_std need 3 values, std > 0")
