@@ -172,7 +172,9 @@ def parse_set_args(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. model.decoder.num_queries=100)")
+            raise ConfigError(
+                f"override {item!r} is not KEY=VALUE (e.g. model.decoder.num_queries=100)"
+            )
         out[key.strip()] = yaml.safe_load(value)
     return out
 
@@ -210,7 +212,9 @@ def _read_yaml_chain(name_or_path: str, seen: tuple[str, ...]) -> dict[str, Any]
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
@@ -258,7 +262,7 @@ def _check_value(path: str, value: Any, hint: Any, meta: Any) -> Any:
             f"{path}={value!r} is not allowed; choose one of: {', '.join(map(str, choices))}"
         )
     lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None and value < lo or hi is not None and value > hi:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(f"{path}={value!r} is out of range; allowed: {lo} <= {path} <= {hi}")
     return value
 

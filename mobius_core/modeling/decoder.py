@@ -1,0 +1,167 @@
+"""Deformable transformer decoder with iterative box refinement and query pruning.
+
+Single-scale decoding attends to the enhanced bottleneck B̂ only; multi-scale decoding
+(the baselines' way) attends to every level. After each layer the shared heads predict
+classes (against the prompts), boxes (refining the reference box) and, in training or
+at the last layer, masks; with a pruning schedule, unconfident queries are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..types import LayerPrediction
+from .heads import MaskHead, TextClassifier, inverse_sigmoid
+from .layers.mlp import FFN, MLP
+from .layers.ms_deform_attn import MSDeformAttn
+from .layers.position_encoding import box_sine_embedding
+from .pruning import PruneSchedule, gather_queries, select_kept
+
+
+class DecoderLayer(nn.Module):
+    """Self-attention among queries, deformable cross-attention to memory, FFN (post-norm)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_points: int,
+        num_levels: int,
+        ffn_dim: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout, batch_first=True)
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross_attn = MSDeformAttn(
+            dim, n_levels=num_levels, n_heads=num_heads, n_points=num_points
+        )
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = FFN(dim, ffn_dim, dropout)
+        self.norm3 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        tgt: Tensor,
+        query_pos: Tensor,
+        ref_boxes: Tensor,
+        memory: Tensor,
+        shapes: list[tuple[int, int]],
+        valid: Tensor,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        """tgt, query_pos: [B,Q,C]; ref_boxes: [B,Q,4]; memory: [B,S,C]; valid: [B,Q] -> [B,Q,C].
+
+        attn_mask: optional [B*nH,Q,Q] or [Q,Q] bool, True = may not attend (denoising groups).
+        """
+        q = tgt + query_pos
+        sa = self.self_attn(
+            q, q, tgt, key_padding_mask=~valid, attn_mask=attn_mask, need_weights=False
+        )[0]
+        tgt = self.norm1(tgt + self.dropout(sa))
+        ref = ref_boxes[:, :, None, :].expand(-1, -1, len(shapes), -1)  # [B,Q,4] -> [B,Q,L,4]
+        ca = self.cross_attn(tgt + query_pos, ref, memory, shapes)
+        tgt = self.norm2(tgt + self.dropout(ca))
+        return self.norm3(tgt + self.dropout(self.ffn(tgt)))
+
+
+@dataclass
+class DecoderResult:
+    """Final-layer predictions, per-layer kept counts and auxiliary predictions."""
+
+    logits: Tensor
+    boxes: Tensor
+    masks: Tensor
+    valid: Tensor
+    kept: Tensor
+    aux: list[LayerPrediction]
+
+
+class TransformerDecoder(nn.Module):
+    """L deformable decoder layers with shared class/box/mask heads and optional pruning."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_layers: int,
+        num_heads: int,
+        num_points: int,
+        num_levels: int,
+        ffn_dim: int,
+        classifier: TextClassifier,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DecoderLayer(dim, num_heads, num_points, num_levels, ffn_dim, dropout)
+            for _ in range(num_layers)
+        )
+        self.ref_point_head = MLP(2 * dim, dim, dim, 2)
+        self.norm = nn.LayerNorm(dim)
+        self.classifier = classifier
+        self.box_head = MLP(dim, dim, 4, 3)
+        self.mask_head = MaskHead(dim)
+        nn.init.zeros_(self.box_head.layers[-1].weight)
+        nn.init.zeros_(self.box_head.layers[-1].bias)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def forward(
+        self,
+        queries: Tensor,
+        ref_boxes: Tensor,
+        memory: Tensor,
+        shapes: list[tuple[int, int]],
+        text: Tensor,
+        mask_features: Tensor,
+        prune: PruneSchedule | None = None,
+        with_aux: bool = False,
+        attn_mask: Tensor | None = None,
+    ) -> DecoderResult:
+        """queries: [B,Q,C]; ref_boxes: [B,Q,4] cxcywh; memory: [B,S,C]; text: [K,C];
+        mask_features: [B,C,H/4,W/4].
+
+        Returns final logits [B,Q',K], boxes [B,Q',4], masks [B,Q',H/4,W/4], valid [B,Q'],
+        kept [B,L] and, with ``with_aux``, the predictions of layers 0..L-2.
+        Pruning needs ``attn_mask`` to be None (denoising is a training-only path).
+        """
+        if prune is not None and attn_mask is not None:
+            raise ValueError("query pruning cannot be combined with an attention mask")
+        tgt = queries
+        ref = ref_boxes
+        valid = torch.ones(queries.shape[:2], dtype=torch.bool, device=queries.device)
+        thresholds = prune.thresholds(self.num_layers) if prune is not None else None
+        kept: list[Tensor] = []
+        aux: list[LayerPrediction] = []
+        half = tgt.shape[-1] // 2
+        for i, layer in enumerate(self.layers):
+            query_pos = self.ref_point_head(box_sine_embedding(ref, half))  # [B,Q,4] -> [B,Q,C]
+            tgt = layer(tgt, query_pos, ref, memory, shapes, valid, attn_mask)
+            out = self.norm(tgt)
+            new_ref = (self.box_head(out) + inverse_sigmoid(ref)).sigmoid()
+            logits = self.classifier(out, text)
+            if prune is not None and thresholds is not None:
+                confidence = logits.sigmoid().max(dim=-1).values  # [B,Q]
+                index, valid, count = select_kept(
+                    confidence, valid, thresholds[i], prune.keep_floor(i)
+                )
+                tgt, out, new_ref, logits = (
+                    gather_queries(t, index) for t in (tgt, out, new_ref, logits)
+                )
+                kept.append(count)
+            else:
+                kept.append(valid.sum(dim=1))
+            last = i == self.num_layers - 1
+            if with_aux and not last:
+                aux.append(LayerPrediction(logits, new_ref, self.mask_head(out, mask_features)))
+            if last:
+                masks = self.mask_head(out, mask_features)
+                return DecoderResult(logits, new_ref, masks, valid, torch.stack(kept, dim=1), aux)
+            ref = new_ref.detach()
+        raise RuntimeError("the decoder has no layers")  # pragma: no cover

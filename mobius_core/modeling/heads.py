@@ -1,0 +1,63 @@
+"""Prediction heads: language-guided classification (Eq. 3), boxes and masks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers.mlp import MLP
+
+
+class TextClassifier(nn.Module):
+    """Scores every query against every prompt embedding.
+
+    ``cosine`` (MOBIUS, Eq. 3): exp(s) * cos(W q, z) + b with a learnable scale s
+    (clamped at ``logit_scale_max``) -- bounded logits keep training stable.
+    ``dot`` (GLEE): (W q . z) / sqrt(C) + b, unbounded; kept for the paper's ablation.
+    The bias b starts at the focal-loss prior -log((1-p)/p) so that sigmoid(logit) = p.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "cosine",
+        logit_scale_init: float = math.log(1 / 0.07),
+        logit_scale_max: float = math.log(100.0),
+        prior_prob: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if kind not in ("cosine", "dot"):
+            raise ValueError(f"classifier kind {kind!r} is unknown; choose 'cosine' or 'dot'")
+        self.kind = kind
+        self.proj = nn.Linear(dim, dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
+        self.logit_scale_max = float(logit_scale_max)
+        self.bias = nn.Parameter(torch.tensor(-math.log((1 - prior_prob) / prior_prob)))
+
+    def forward(self, queries: Tensor, text: Tensor) -> Tensor:
+        """queries: [B,Q,C], text: [K,C] pooled prompt embeddings -> logits [B,Q,K]."""
+        q = self.proj(queries)
+        if self.kind == "cosine":
+            scale = self.logit_scale.clamp(max=self.logit_scale_max).exp()
+            sim = torch.einsum("bqc,kc->bqk", F.normalize(q, dim=-1), F.normalize(text, dim=-1))
+            return scale * sim + self.bias
+        return torch.einsum("bqc,kc->bqk", q, text) / math.sqrt(q.shape[-1]) + self.bias
+
+
+class MaskHead(nn.Module):
+    """mask = (MLP(q̂)) · M for every query: [B,Q,C] x [B,C,H/4,W/4] -> [B,Q,H/4,W/4]."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.embed = MLP(dim, dim, dim, 3)
+
+    def forward(self, queries: Tensor, mask_features: Tensor) -> Tensor:
+        return torch.einsum("bqc,bchw->bqhw", self.embed(queries), mask_features)
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))

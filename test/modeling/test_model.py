@@ -1,0 +1,183 @@
+"""The assembled model: shapes for every zoo config, gradients, query selection, pruning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mobius_core.build import build_model
+from mobius_core.config import load_config
+from mobius_core.modeling.heads import TextClassifier
+from mobius_core.modeling.pruning import PruneSchedule
+from mobius_core.modeling.query_selection import LanguageGuidedQuerySelection
+from mobius_core.types import ModelOutput
+
+PROMPTS = ["red circle", "blue square", "person"]
+ZOO = [
+    "shapes_tiny",
+    "mini_m",
+    "mini_l",
+    "r50",
+    "glee_maskdino",
+    "glee_rtdetr",
+    "glee_maskdino_mini",
+    "glee_rtdetr_mini",
+    "mobius_0",
+    "mobius_1",
+    "mobius_2",
+    "mobius_3",
+]
+SIZE = 128
+
+
+def _check_output(out: ModelOutput, batch: int, k: int, size: int, max_q: int) -> None:
+    q = out.logits.shape[1]
+    assert 1 <= q <= max_q
+    assert out.logits.shape == (batch, q, k)
+    assert out.boxes.shape == (batch, q, 4)
+    assert torch.all((out.boxes >= 0) & (out.boxes <= 1))
+    assert out.masks.shape == (batch, q, size // 4, size // 4)
+    assert out.query_valid.shape == (batch, q) and out.query_valid.dtype == torch.bool
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.masks).all()
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_forward_shapes(name, random_text_encoder):
+    cfg = load_config(name)
+    model = build_model(cfg, text_encoder=random_text_encoder).eval()
+    text = model.encode_text(PROMPTS)
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, SIZE, SIZE), text)
+    _check_output(out, 2, len(PROMPTS), SIZE, cfg.model.decoder.num_queries)
+    assert out.kept.shape == (2, cfg.model.decoder.num_layers)
+    assert out.aux == []
+
+
+def _small(kind: str, scales: str):
+    return load_config(
+        "shapes_tiny",
+        {
+            "model.hidden_dim": 64,
+            "model.pixel_decoder.kind": kind,
+            "model.pixel_decoder.num_blocks": 1,
+            "model.pixel_decoder.ffn_dim": 64,
+            "model.decoder.num_layers": 2,
+            "model.decoder.num_queries": 12,
+            "model.decoder.ffn_dim": 64,
+            "model.decoder.scales": scales,
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "scales"),
+    [("bottleneck", "single"), ("bottleneck", "multi"), ("maskdino", "multi"), ("rtdetr", "multi")],
+)
+def test_gradients_reach_every_trainable_parameter(kind, scales, random_text_encoder):
+    torch.manual_seed(0)
+    model = build_model(_small(kind, scales), text_encoder=random_text_encoder).train()
+    # the zero-initialised last box layer would block gradients to the layers before it
+    torch.nn.init.normal_(model.decoder.box_head.layers[-1].weight, std=0.01)
+    text = model.text_encoder(PROMPTS)
+    out = model(torch.randn(2, 3, 96, 96), text)
+    assert len(out.aux) == 1
+    loss = out.logits.sum() + out.boxes.sum() + out.masks.mean()
+    for layer in out.aux:
+        loss = loss + layer.logits.sum() + layer.boxes.sum() + layer.masks.mean()
+    loss = loss + out.selection.logits.sum() + out.selection.box_logits.sum()
+    loss.backward()
+    missing = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad
+        and not n.startswith("text_encoder.")
+        and (p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0)
+    ]
+    assert missing == []
+    text_grads = [p.grad for n, p in model.named_parameters() if n.startswith("text_encoder.")]
+    assert any(g is not None and g.abs().sum() > 0 for g in text_grads)
+
+
+def test_query_selection_picks_the_most_similar_tokens():
+    torch.manual_seed(0)
+    dim, k = 32, 2
+    clf = TextClassifier(dim)
+    sel = LanguageGuidedQuerySelection(dim, num_queries=3, classifier=clf)
+    with torch.no_grad():
+        for lin in (sel.enc_output, clf.proj):
+            lin.weight.copy_(torch.eye(dim))
+            lin.bias.zero_()
+    text = torch.randn(k, dim)
+    text = text - text.mean(dim=1, keepdim=True)
+    memory = torch.randn(1, 64, dim) * 0.3
+    memory = memory - memory.mean(dim=2, keepdim=True)  # zero mean: LayerNorm only rescales
+    planted = [5, 17, 40]
+    memory[0, 5] = 3 * text[0]
+    memory[0, 17] = 2 * text[1]
+    memory[0, 40] = text[0]
+    out = sel(memory, [(8, 8)], text)
+    assert sorted(out.indices[0].tolist()) == planted
+    assert out.queries.shape == (1, 3, dim) and not out.queries.requires_grad
+    assert out.logits.shape == (1, 3, k)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(random_text_encoder):
+    torch.manual_seed(0)
+    cfg = load_config("shapes_tiny", {"model.decoder.num_queries": 40})
+    return build_model(cfg, text_encoder=random_text_encoder).eval()
+
+
+def test_zero_thresholds_change_nothing(tiny_model):
+    text = tiny_model.encode_text(PROMPTS)
+    images = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        ref = tiny_model(images, text)
+        pruned = tiny_model(images, text, prune=PruneSchedule.create("sigmoid", 0.0, 0.0, 1.0, 1))
+    torch.testing.assert_close(pruned.logits, ref.logits)
+    torch.testing.assert_close(pruned.boxes, ref.boxes)
+    torch.testing.assert_close(pruned.masks, ref.masks)
+    assert pruned.kept.tolist() == ref.kept.tolist() == [[40, 40, 40]] * 2
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "exponential", "logarithmic"])
+def test_pruning_is_monotone_and_respects_min_keep(tiny_model, kind):
+    text = tiny_model.encode_text(PROMPTS)
+    images = torch.randn(3, 3, 160, 160)
+    min_keep = 7
+    with torch.no_grad():
+        out = tiny_model(images, text, prune=PruneSchedule.create(kind, 0.4, 0.9, 2.0, min_keep))
+    kept = out.kept
+    assert torch.all(kept[:, 1:] <= kept[:, :-1])
+    assert torch.all(kept >= min_keep)
+    assert out.logits.shape[1] == kept[:, -1].max().item()
+    assert out.query_valid.sum(dim=1).tolist() == kept[:, -1].tolist()
+    # a stricter schedule keeps no more queries
+    with torch.no_grad():
+        strict = tiny_model(images, text, prune=PruneSchedule.create(kind, 0.9, 1.0, 2.0, min_keep))
+    assert torch.all(strict.kept <= kept)
+
+
+def test_pruning_is_off_in_training(tiny_model):
+    text = tiny_model.encode_text(PROMPTS)
+    tiny_model.train()
+    try:
+        out = tiny_model(torch.randn(1, 3, 128, 128), text, prune=PruneSchedule.fixed([5, 3, 2]))
+    finally:
+        tiny_model.eval()
+    assert out.kept[0].tolist() == [out.logits.shape[1]] * 3
+    assert len(out.aux) == 2
+
+
+def test_fixed_schedule_sets_the_kept_trajectory(tiny_model):
+    text = tiny_model.encode_text(PROMPTS)
+    with torch.no_grad():
+        out = tiny_model(torch.randn(1, 3, 128, 128), text, prune=PruneSchedule.fixed([30, 12, 4]))
+    assert out.kept[0].tolist() == [30, 12, 4]
+    assert out.masks.shape[1] == 4
+
+
+def test_bad_image_shape_is_a_clear_error(tiny_model):
+    text = tiny_model.encode_text(PROMPTS)
+    with pytest.raises(ValueError, match=r"\[B,3,H,W\]"):
+        tiny_model(torch.randn(3, 64, 64), text)
