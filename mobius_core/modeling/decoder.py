@@ -136,6 +136,8 @@ class TransformerDecoder(nn.Module):
         tgt = queries
         ref = ref_boxes
         valid = torch.ones(queries.shape[:2], dtype=torch.bool, device=queries.device)
+        if prune is not None:
+            prune = prune.to(queries.device)
         thresholds = prune.thresholds(self.num_layers) if prune is not None else None
         kept: list[Tensor] = []
         aux: list[LayerPrediction] = []

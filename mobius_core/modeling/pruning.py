@@ -77,6 +77,12 @@ class PruneSchedule:
         """Keep exactly ``counts[l]`` queries (or all, if fewer) after decoder layer l."""
         return cls.create("fixed", 1.0, 1.0, 1.0, 1, counts)
 
+    def to(self, device: torch.device | str) -> PruneSchedule:
+        """The same schedule with its tensors on ``device`` (that of the decoder's queries)."""
+        move = [t.to(device) for t in (self.low, self.high, self.beta, self.min_keep)]
+        counts = None if self.counts is None else self.counts.to(device)
+        return PruneSchedule(self.kind, *move, counts=counts)
+
     def thresholds(self, num_layers: int) -> Tensor:
         """tau(l) for l = 0..L-1: [L]."""
         return layer_thresholds(self.kind, self.low, self.high, self.beta, num_layers)

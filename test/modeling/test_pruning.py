@@ -82,3 +82,9 @@ def test_gather_queries():
     index = torch.tensor([[3, 0], [1, 2]])
     out = gather_queries(x, index)
     assert torch.equal(out[0], x[0, [3, 0]]) and torch.equal(out[1], x[1, [1, 2]])
+
+
+def test_schedule_moves_to_the_queries_device():
+    s = PruneSchedule.fixed([4, 2]).to("meta")
+    assert s.low.device.type == "meta" and s.counts is not None and s.counts.device.type == "meta"
+    assert s.kind == "fixed"

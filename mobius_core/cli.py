@@ -1,0 +1,107 @@
+"""The ``mobius`` command line.
+
+mobius zoo                         list the named configs
+mobius config NAME [--set k=v]     print a resolved config as YAML
+mobius flops NAME --size 800 [--kept Q1,...,QL] [--prompts 80] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+from .config import ConfigError, config_to_dict, load_config, parse_set_args, zoo_names
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="zoo name (see `mobius zoo`) or path to a YAML file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set model.decoder.num_queries=100 (repeatable)",
+    )
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    for name in zoo_names():
+        cfg = load_config(name)
+        print(f"{name:20s} {cfg.description}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, parse_set_args(args.overrides))
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def _parse_kept(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--kept {text!r} must be comma-separated integers, e.g. 300,250,200"
+        ) from None
+
+
+def _cmd_flops(args: argparse.Namespace) -> int:
+    from .build import build_model
+    from .flops import count_flops, parse_size
+
+    size = parse_size(args.size)
+    overrides = {"model.backbone.resolution": max(size), **parse_set_args(args.overrides)}
+    cfg = load_config(args.config, overrides)
+    model = build_model(cfg)
+    result = count_flops(model, size, num_prompts=args.prompts, kept=_parse_kept(args.kept))
+    result = {"config": cfg.name, **result}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{cfg.name} at {result['size'][0]}x{result['size'][1]}, {result['prompts']} prompts")
+        for key in ("vision_encoder", "pixel_decoder", "modality_fusion", "decoder", "total"):
+            print(f"  {key:16s} {result[key]:10.2f} GFLOPs")
+        print(f"  kept queries per decoder layer: {result['kept']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mobius", description="MOBIUS open-vocabulary instance segmentation"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("zoo", help="list the named configs")
+    p.set_defaults(func=_cmd_zoo)
+    p = sub.add_parser("config", help="print a resolved config as YAML")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_config)
+    p = sub.add_parser("flops", help="GFLOPs per component (one multiply-add = one FLOP)")
+    _add_config_args(p)
+    p.add_argument("--size", default="800", help="input size N or HxW (default 800)")
+    p.add_argument("--prompts", type=int, default=80, help="number of text prompts (default 80)")
+    p.add_argument("--kept", help="kept queries after each decoder layer, e.g. 300,250,...")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_flops)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"mobius {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
