@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobius_core.build import build_model
+from mobius_core.cli import add_set_argument
 from mobius_core.config import load_config, parse_set_args
 from mobius_core.flops import count_flops, parse_size
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("configs", nargs="+")
     p.add_argument("--sizes", nargs="+", default=["800", "384"])
     p.add_argument("--prompts", type=int, default=80)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set_argument(p)
     args = p.parse_args(argv)
     print(f"GFLOPs (multiply-adds), batch 1, {args.prompts} prompts, text encoder excluded")
     print("| config | size | " + " | ".join(KEYS) + " |")

@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobius_core.build import build_model
+from mobius_core.cli import add_set_argument
 from mobius_core.config import load_config, parse_set_args
 from mobius_core.flops import count_flops, parse_size
 from mobius_core.vocab import prompt_set
@@ -40,14 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (timed with synchronisation)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override applied to both configs",
-    )
+    add_set_argument(p)  # applied to both configs
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

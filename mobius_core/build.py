@@ -19,49 +19,36 @@ from .modeling.query_selection import LanguageGuidedQuerySelection
 from .modeling.text_encoder import TextEncoder, build_text_encoder
 
 
+def _common(cfg: ModelConfig) -> dict[str, Any]:
+    p = cfg.pixel_decoder
+    return {
+        "dim": cfg.hidden_dim,
+        "num_blocks": p.num_blocks,
+        "num_heads": p.num_heads,
+        "ffn_dim": p.ffn_dim,
+        "dropout": p.dropout,
+        "text_fusion": p.text_fusion,
+    }
+
+
 def _bottleneck(cfg: ModelConfig, channels: tuple[int, ...], strides: tuple[int, ...]) -> nn.Module:
     p = cfg.pixel_decoder
     return BottleneckEncoder(
         channels,
         strides,
-        dim=cfg.hidden_dim,
-        num_blocks=p.num_blocks,
-        num_heads=p.num_heads,
         num_points=p.num_points,
-        ffn_dim=p.ffn_dim,
         bottleneck_stride=p.bottleneck_stride,
-        dropout=p.dropout,
-        text_fusion=p.text_fusion,
+        **_common(cfg),
     )
 
 
 def _maskdino(cfg: ModelConfig, channels: tuple[int, ...], strides: tuple[int, ...]) -> nn.Module:
-    p = cfg.pixel_decoder
-    return MaskDINOEncoder(
-        channels,
-        strides,
-        dim=cfg.hidden_dim,
-        num_blocks=p.num_blocks,
-        num_heads=p.num_heads,
-        num_points=p.num_points,
-        ffn_dim=p.ffn_dim,
-        dropout=p.dropout,
-        text_fusion=p.text_fusion,
-    )
+    num_points = cfg.pixel_decoder.num_points
+    return MaskDINOEncoder(channels, strides, num_points=num_points, **_common(cfg))
 
 
 def _rtdetr(cfg: ModelConfig, channels: tuple[int, ...], strides: tuple[int, ...]) -> nn.Module:
-    p = cfg.pixel_decoder
-    return RTDETRHybridEncoder(
-        channels,
-        strides,
-        dim=cfg.hidden_dim,
-        num_blocks=p.num_blocks,
-        num_heads=p.num_heads,
-        ffn_dim=p.ffn_dim,
-        dropout=p.dropout,
-        text_fusion=p.text_fusion,
-    )
+    return RTDETRHybridEncoder(channels, strides, **_common(cfg))
 
 
 PIXEL_DECODERS = {"bottleneck": _bottleneck, "maskdino": _maskdino, "rtdetr": _rtdetr}

@@ -17,8 +17,8 @@ import yaml
 from .config import ConfigError, config_to_dict, load_config, parse_set_args, zoo_names
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="zoo name (see `mobius zoo`) or path to a YAML file")
+def add_set_argument(p: argparse.ArgumentParser) -> None:
+    """The repeatable ``--set KEY=VALUE`` config override (parsed by ``parse_set_args``)."""
     p.add_argument(
         "--set",
         dest="overrides",
@@ -27,6 +27,11 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set model.decoder.num_queries=100 (repeatable)",
     )
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="zoo name (see `mobius zoo`) or path to a YAML file")
+    add_set_argument(p)
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
