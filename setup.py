@@ -26,6 +26,7 @@ setup(
         "mobius_core.modeling",
         "mobius_core.modeling.layers",
         "mobius_core.modeling.baselines",
+        "mobius_core.training",
         "mobius_ros",
     ],
     package_data={"mobius_core": ["zoo/*.yaml"]},

@@ -121,6 +121,23 @@ class ModelOutput:
 
 
 @dataclass
+class Target:
+    """Ground truth of one image, in the frame of the padded network input.
+
+    labels: [N] int64 indices into the batch's prompt list (K prompts).
+    boxes: [N,4] normalised cxcywh in [0,1].
+    masks: [N,H,W] bool or float at input resolution, or None for box-only datasets.
+    """
+
+    labels: Tensor
+    boxes: Tensor
+    masks: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
 class Instances:
     """Final instances of one image after post-processing, in original image pixels.
 
