@@ -27,6 +27,7 @@ setup(
         "mobius_core.modeling.layers",
         "mobius_core.modeling.baselines",
         "mobius_core.training",
+        "mobius_core.data",
         "mobius_ros",
     ],
     package_data={"mobius_core": ["zoo/*.yaml"]},

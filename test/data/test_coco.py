@@ -1,0 +1,110 @@
+"""COCO-format loading, label space, resizing/flipping and batching."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobius_core.data.coco import CocoDataset, DatasetError, LabelSpace, polygons_to_mask
+from mobius_core.data.transforms import ResizeFlip, collate, resized_size
+from mobius_core.rle import encode_rle
+
+
+def _write(tmp_path, anns, categories=None, images=None, make_image=True):
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[10:30, 5:25] = True
+    if make_image:
+        arr = np.zeros((40, 60, 3), dtype=np.uint8)
+        arr[mask] = 255
+        Image.fromarray(arr).save(tmp_path / "a.png")
+    data = {
+        "images": images or [{"id": 7, "file_name": "a.png", "height": 40, "width": 60}],
+        "annotations": anns,
+        "categories": categories or [{"id": 3, "name": "red_circle"}, {"id": 9, "name": "cup"}],
+    }
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    return path, mask
+
+
+def _ann(i, seg, cat=9, bbox=(5, 10, 20, 20), crowd=0):
+    return {"id": i, "image_id": 7, "category_id": cat, "bbox": list(bbox), "area": 400,
+            "iscrowd": crowd, "segmentation": seg}  # fmt: skip
+
+
+def test_label_space_is_contiguous_and_sorted():
+    ls = LabelSpace.from_coco([{"id": 9, "name": "cup"}, {"id": 3, "name": "red_circle"}])
+    assert ls.names == ("red circle", "cup") and ls.index_of() == {3: 0, 9: 1}
+
+
+def test_loads_rle_and_polygon_masks(tmp_path):
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[10:30, 5:25] = True
+    poly = [[5, 10, 25, 10, 25, 30, 5, 30]]
+    path, _ = _write(tmp_path, [_ann(1, encode_rle(mask)), _ann(2, poly, cat=3)])
+    ds = CocoDataset(path, tmp_path)
+    s = ds[0]
+    assert s.image.shape == (40, 60, 3) and s.image_id == 7
+    assert s.labels.tolist() == [1, 0]
+    assert np.array_equal(s.masks[0], mask)
+    assert abs(int(s.masks[1].sum()) - 400) < 60  # polygon raster ~ 20x20
+    np.testing.assert_allclose(s.boxes[0], [5, 10, 25, 30])
+
+
+@pytest.mark.parametrize(
+    ("anns", "pattern"),
+    [
+        ([_ann(1, [[1, 2, 3]])], "annotation 1 has a bad segmentation"),
+        ([_ann(5, [[1, 2, 3, 4, 5, 6]], cat=42)], "annotation 5 has category_id 42"),
+        ([{**_ann(6, [[1, 2, 3, 4, 5, 6]]), "image_id": 99}], "annotation 6 refers to image_id 99"),
+    ],
+)
+def test_bad_records_name_file_and_record(tmp_path, anns, pattern):
+    path, _ = _write(tmp_path, anns)
+    with pytest.raises(DatasetError, match=pattern) as err:
+        CocoDataset(path, tmp_path)[0]
+    assert "ann.json" in str(err.value)
+
+
+def test_missing_image_and_bad_json(tmp_path):
+    path, _ = _write(tmp_path, [], make_image=False)
+    with pytest.raises(DatasetError, match=r"a\.png is missing"):
+        CocoDataset(path, tmp_path)[0]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        CocoDataset(bad, tmp_path)
+    (tmp_path / "nolist.json").write_text("{}")
+    with pytest.raises(DatasetError, match="no 'images'"):
+        CocoDataset(tmp_path / "nolist.json", tmp_path)
+
+
+def test_polygon_errors():
+    with pytest.raises(ValueError, match="3"):
+        polygons_to_mask([[1, 2, 3, 4]], 10, 10)
+
+
+def test_resize_flip_and_collate(tmp_path):
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[10:30, 5:25] = True
+    path, _ = _write(tmp_path, [_ann(1, encode_rle(mask)), _ann(2, encode_rle(mask), crowd=1)])
+    sample = CocoDataset(path, tmp_path)[0]
+    assert resized_size(40, 60, 80, 1333) == (80, 120)
+    assert resized_size(40, 60, 80, 100) == (67, 100)
+    plain = ResizeFlip((80,), flip_prob=0.0)(sample, np.random.default_rng(0))
+    assert plain.image.shape == (3, 80, 120) and len(plain.labels) == 1  # crowd dropped
+    torch.testing.assert_close(plain.boxes[0], torch.tensor([10.0, 20.0, 50.0, 60.0]))
+    flipped = ResizeFlip((80,), flip_prob=1.0)(sample, np.random.default_rng(0))
+    assert flipped.flipped
+    torch.testing.assert_close(flipped.boxes[0], torch.tensor([70.0, 20.0, 110.0, 60.0]))
+    assert torch.equal(flipped.masks[0], plain.masks[0].flip(-1))
+    images, targets, sizes = collate([plain, flipped])
+    assert images.shape == (2, 3, 96, 128) and sizes == [(80, 120), (80, 120)]
+    torch.testing.assert_close(
+        targets[0].boxes[0], torch.tensor([30 / 128, 40 / 96, 40 / 128, 40 / 96])
+    )
+    assert targets[0].masks.shape == (1, 96, 128) and not targets[0].masks[0, 80:].any()
