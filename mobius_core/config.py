@@ -127,12 +127,45 @@ class ModelConfig:
 
 
 @dataclass
+class TrainConfig:
+    """The unified single-stage recipe: AdamW, warm-up then step decay, clipping, losses."""
+
+    batch_size: int = _bounded(2, 1, 4096)
+    max_steps: int = _bounded(1000, 1, 10_000_000)
+    lr: float = _bounded(1e-4, 0.0, 1.0)
+    weight_decay: float = _bounded(0.05, 0.0, 1.0)
+    backbone_lr_mult: float = _bounded(0.1, 0.0, 10.0)
+    text_lr_mult: float = _bounded(0.1, 0.0, 10.0)
+    freeze_text_encoder: bool = False
+    warmup_steps: int = _bounded(100, 0, 10_000_000)
+    lr_drop_steps: list[int] = field(default_factory=list)
+    lr_drop_factor: float = _bounded(0.1, 0.0, 1.0)
+    grad_clip: float = _bounded(0.1, 0.0, 1e6)
+    amp: bool = False
+    ema_decay: float = _bounded(0.0, 0.0, 1.0)
+    calibration: bool = True
+    num_points: int = _bounded(12544, 1, 1_000_000)
+    loss_class: float = _bounded(4.0, 0.0, 1e3)
+    loss_bbox: float = _bounded(5.0, 0.0, 1e3)
+    loss_giou: float = _bounded(2.0, 0.0, 1e3)
+    loss_mask: float = _bounded(5.0, 0.0, 1e3)
+    loss_dice: float = _bounded(5.0, 0.0, 1e3)
+    short_sides: list[int] = field(default_factory=lambda: list(range(384, 801, 32)))
+    max_size: int = _bounded(1333, 32, 8192)
+    flip_prob: float = _bounded(0.5, 0.0, 1.0)
+    seed: int = _bounded(0, 0, 2**31 - 1)
+    log_every: int = _bounded(10, 1, 1_000_000)
+    checkpoint_every: int = _bounded(200, 1, 10_000_000)
+
+
+@dataclass
 class Config:
-    """Everything one named model needs. Training and data sections join here later."""
+    """Everything one named model needs: the model and its training recipe."""
 
     name: str = "custom"
     description: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # ---------------------------------------------------------------------------
@@ -315,3 +348,8 @@ def _check_cross_fields(cfg: Config) -> None:
         )
     if len(m.pixel_mean) != 3 or len(m.pixel_std) != 3 or min(m.pixel_std) <= 0:
         raise ConfigError("model.pixel_mean and model.pixel_std need 3 values, std > 0")
+    t = cfg.train
+    if not t.short_sides or min(t.short_sides) < 32:
+        raise ConfigError(f"train.short_sides={t.short_sides} needs sizes >= 32, e.g. [384, 416]")
+    if t.lr_drop_steps != sorted(t.lr_drop_steps):
+        raise ConfigError(f"train.lr_drop_steps={t.lr_drop_steps} must be increasing")

@@ -117,6 +117,11 @@ class CocoDataset:
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def prompts(self) -> list[str]:
+        """The category names in label-index order: the prompts a model is trained with."""
+        return list(self.labels.names)
+
     def __getitem__(self, index: int) -> Sample:
         info = self.images[index]
         path = self.image_dir / info["file_name"]

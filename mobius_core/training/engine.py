@@ -1,0 +1,213 @@
+"""The training loop of the unified single-stage recipe.
+
+Deterministic and resumable: batch composition and augmentation are pure functions of
+(seed, step), and a checkpoint holds the model, optimizer, step and torch's
+RNG state, so ``resume`` continues exactly where training stopped. A step whose loss is
+NaN/inf is skipped (and said so) instead of poisoning the weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..data.coco import Sample
+from ..data.transforms import ResizeFlip, collate
+from ..modeling.mobius import Mobius
+from .checkpoint import load_checkpoint, save_checkpoint
+from .criterion import SetCriterion
+from .matcher import HungarianMatcher
+from .optim import build_optimizer, set_learning_rates
+
+log = logging.getLogger(__name__)
+
+
+class InstanceDataset(Protocol):
+    """What the trainer needs of a dataset: samples and the prompt names of its labels."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Sample: ...
+    @property
+    def prompts(self) -> list[str]: ...
+
+
+def build_criterion(cfg: Config) -> SetCriterion:
+    t = cfg.train
+    weights = {
+        "class": t.loss_class,
+        "bbox": t.loss_bbox,
+        "giou": t.loss_giou,
+        "mask": t.loss_mask,
+        "dice": t.loss_dice,
+    }
+    matcher = HungarianMatcher(
+        cost_class=t.loss_class,
+        cost_bbox=t.loss_bbox,
+        cost_giou=t.loss_giou,
+        cost_mask=t.loss_mask,
+        cost_dice=t.loss_dice,
+        num_points=t.num_points,
+    )
+    return SetCriterion(matcher, weights, calibration=t.calibration, num_points=t.num_points)
+
+
+class Trainer:
+    """Trains ``model`` on ``dataset`` with the recipe of ``cfg.train``, writing to ``out_dir``:
+    ``log.csv`` (one row per ``log_every`` steps), ``last.pt`` (every ``checkpoint_every``
+    steps and at the end)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: Mobius,
+        dataset: InstanceDataset,
+        out_dir: str | Path,
+        progress: bool = True,
+    ) -> None:
+        if len(dataset) == 0:
+            raise ValueError("the training dataset is empty")
+        self.cfg, self.model, self.dataset = cfg, model, dataset
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        t = cfg.train
+        if t.freeze_text_encoder:
+            for p in model.text_encoder.parameters():
+                p.requires_grad_(False)
+        self.criterion = build_criterion(cfg)
+        self.optimizer = build_optimizer(model, t)
+        self.transform = ResizeFlip(t.short_sides, t.max_size, t.flip_prob)
+        self.prompts = list(dataset.prompts)
+        self.step = 0
+        self.skipped = 0
+
+    # -- data -----------------------------------------------------------------------------
+    def batch_indices(self, step: int) -> list[int]:
+        """Dataset indices of the batch at ``step``: a seeded permutation per epoch."""
+        n, bs = len(self.dataset), self.cfg.train.batch_size
+        out = []
+        for g in range(step * bs, (step + 1) * bs):
+            epoch, pos = divmod(g, n)
+            perm = np.random.default_rng([self.cfg.train.seed, epoch]).permutation(n)
+            out.append(int(perm[pos]))
+        return out
+
+    def batch(self, step: int):
+        items = [
+            self.transform(self.dataset[idx], np.random.default_rng([self.cfg.train.seed, step, i]))
+            for i, idx in enumerate(self.batch_indices(step))
+        ]
+        return collate(items)
+
+    # -- one step -------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float] | None:
+        """One optimisation step; returns the loss terms, or None if the step was skipped."""
+        self.model.train()
+        images, targets, _ = self.batch(self.step)
+        if self.cfg.train.freeze_text_encoder:
+            text = self.model.encode_text(self.prompts)
+        else:
+            text = self.model.text_encoder(self.prompts)
+        use_amp = self.cfg.train.amp and torch.cuda.is_available()
+        with torch.autocast("cuda", enabled=use_amp):
+            outputs = self.model(self.model.normalize(images), text)
+            losses = self.criterion(outputs, targets)
+        loss = losses["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        set_learning_rates(self.optimizer, self.step, self.cfg.train)
+        if not torch.isfinite(loss):
+            self.skipped += 1
+            log.warning(
+                "step %d: loss is %s; skipping this update (%d skipped so far)",
+                self.step,
+                loss.item(),
+                self.skipped,
+            )
+            self._advance()
+            return None
+        loss.backward()
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.cfg.train.grad_clip
+            )
+        self.optimizer.step()
+        self._advance()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _advance(self) -> None:
+        self.step += 1
+
+    # -- loop -----------------------------------------------------------------------------
+    def fit(self, max_steps: int | None = None) -> dict[str, float] | None:
+        """Train until ``max_steps`` (default ``cfg.train.max_steps``); returns the last losses."""
+        total = max_steps if max_steps is not None else self.cfg.train.max_steps
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.step, desc="train", unit="step")
+        last = None
+        start = time.perf_counter()
+        done_at_start = self.step
+        try:
+            while self.step < total:
+                losses = self.train_step()
+                if losses is not None:
+                    last = losses
+                    rate = (self.step - done_at_start) / max(time.perf_counter() - start, 1e-9)
+                    if self.step % self.cfg.train.log_every == 0 or self.step == total:
+                        self._log(losses, rate)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{losses['loss']:.3f}", it_s=f"{rate:.2f}")
+                if bar is not None:
+                    bar.update(1)
+                if self.step % self.cfg.train.checkpoint_every == 0:
+                    self.save(self.out_dir / "last.pt")
+        finally:
+            if bar is not None:
+                bar.close()
+        self.save(self.out_dir / "last.pt")
+        return last
+
+    def _log(self, losses: dict[str, float], rate: float) -> None:
+        path = self.out_dir / "log.csv"
+        row = {"step": self.step, "lr": self.optimizer.param_groups[-1]["lr"], "steps_per_s": rate}
+        row.update(losses)
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "skipped": self.skipped,
+            "torch_rng": torch.get_rng_state(),
+            "config": asdict(self.cfg),
+            "prompts": list(self.prompts),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        return save_checkpoint(path, self.state_dict())
+
+    def resume(self, path: str | Path) -> None:
+        """Continue exactly from a checkpoint written by :meth:`save`."""
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.skipped = int(state.get("skipped", 0))
+        torch.set_rng_state(state["torch_rng"])

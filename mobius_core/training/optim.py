@@ -1,0 +1,49 @@
+"""AdamW with per-part learning rates and the warm-up + step-decay schedule."""
+
+from __future__ import annotations
+
+from torch import nn, optim
+
+from ..config import TrainConfig
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> optim.AdamW:
+    """AdamW (lr, weight decay from ``cfg``); backbone and text encoder at lr x their mults.
+
+    One-dimensional parameters (norms, biases, scales) get no weight decay.
+    """
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        part = name.split(".", 1)[0]
+        part = part if part in ("backbone", "text_encoder") else "head"
+        groups.setdefault((part, p.ndim > 1), []).append(p)
+    mult = {"backbone": cfg.backbone_lr_mult, "text_encoder": cfg.text_lr_mult, "head": 1.0}
+    params = [
+        {
+            "params": ps,
+            "lr": cfg.lr * mult[part],
+            "base_lr": cfg.lr * mult[part],
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+            "name": f"{part}{'' if decay else '_no_decay'}",
+        }
+        for (part, decay), ps in sorted(groups.items())
+    ]
+    return optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base learning rate at ``step``: linear warm-up, then step decay."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    drops = sum(step >= s for s in cfg.lr_drop_steps)
+    return cfg.lr_drop_factor**drops
+
+
+def set_learning_rates(optimizer: optim.Optimizer, step: int, cfg: TrainConfig) -> None:
+    """Each group's lr = its base lr x ``lr_factor(step)``: the schedule is a function of the
+    step alone, so resuming needs nothing but the step."""
+    factor = lr_factor(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor

@@ -1,0 +1,142 @@
+"""Trainer: exact resume, NaN guard, checkpoints, schedule and parameter groups."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobius_core.build import build_model
+from mobius_core.config import load_config
+from mobius_core.data.coco import CocoDataset
+from mobius_core.modeling.text_encoder import build_text_encoder
+from mobius_core.rle import encode_rle
+from mobius_core.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mobius_core.training.engine import Trainer
+from mobius_core.training.optim import build_optimizer, lr_factor
+
+OVERRIDES = {
+    "model.hidden_dim": 64,
+    "model.decoder.num_layers": 2,
+    "model.decoder.num_queries": 10,
+    "model.decoder.ffn_dim": 64,
+    "model.pixel_decoder.ffn_dim": 64,
+    "train.batch_size": 2,
+    "train.short_sides": [64, 96],
+    "train.max_size": 128,
+    "train.num_points": 128,
+    "train.warmup_steps": 2,
+    "train.lr": 1e-3,
+    "train.log_every": 1,
+    "train.checkpoint_every": 100,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(3):
+        arr = np.full((80, 96, 3), 30, dtype=np.uint8)
+        mask = np.zeros((80, 96), dtype=bool)
+        y, x = rng.integers(5, 35), rng.integers(5, 45)
+        mask[y : y + 30, x : x + 40] = True
+        arr[mask] = (220, 40, 40) if i % 2 else (40, 40, 220)
+        Image.fromarray(arr).save(root / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "height": 80, "width": 96})
+        anns.append({"id": i, "image_id": i, "category_id": 1 + i % 2, "iscrowd": 0,
+                     "bbox": [int(x), int(y), 40, 30], "area": 1200,
+                     "segmentation": encode_rle(mask)})  # fmt: skip
+    cats = [{"id": 1, "name": "blue box"}, {"id": 2, "name": "red box"}]
+    (root / "ann.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": cats})
+    )
+    return CocoDataset(root / "ann.json", root)
+
+
+def _trainer(dataset, out_dir, **extra):
+    cfg = load_config("shapes_tiny", {**OVERRIDES, **extra})
+    torch.manual_seed(0)
+    text = build_text_encoder("minilm", pretrained=False)
+    model = build_model(cfg, text_encoder=text)
+    return Trainer(cfg, model, dataset, out_dir, progress=False)
+
+
+def test_resume_continues_exactly(tiny_dataset, tmp_path):
+    straight = _trainer(tiny_dataset, tmp_path / "a")
+    straight.fit(4)
+    first = _trainer(tiny_dataset, tmp_path / "b")
+    first.fit(2)
+    resumed = _trainer(tiny_dataset, tmp_path / "c")
+    resumed.resume(tmp_path / "b" / "last.pt")
+    assert resumed.step == 2
+    resumed.fit(4)
+    for (name, a), (_, b) in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().items()
+    ):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    rows = (tmp_path / "a" / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,lr,steps_per_s,") and len(rows) == 5
+
+
+def test_nan_loss_skips_the_update(tiny_dataset, tmp_path, caplog):
+    trainer = _trainer(tiny_dataset, tmp_path)
+    before = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    real = trainer.criterion.forward
+
+    def broken(outputs, targets):
+        losses = real(outputs, targets)
+        losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    trainer.criterion.forward = broken
+    with caplog.at_level(logging.WARNING):
+        assert trainer.train_step() is None
+    assert trainer.skipped == 1 and trainer.step == 1
+    assert "skipping this update" in caplog.text
+    for k, v in trainer.model.named_parameters():  # (batch-norm statistics may move)
+        assert torch.equal(v, before[k]), k
+
+
+def test_batches_are_a_function_of_seed_and_step(tiny_dataset, tmp_path):
+    t = _trainer(tiny_dataset, tmp_path)
+    assert t.batch_indices(0) == t.batch_indices(0)
+    seen = t.batch_indices(0) + t.batch_indices(1)[:1]  # one epoch = 3 samples
+    assert sorted(seen) == [0, 1, 2]
+    a, b = t.batch(5), t.batch(5)
+    assert torch.equal(a[0], b[0])
+
+
+def test_checkpoint_is_atomic_and_errors_are_clear(tmp_path):
+    path = save_checkpoint(tmp_path / "ck.pt", {"model": {"w": torch.ones(2)}, "step": 3})
+    assert load_checkpoint(path)["step"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temporary left behind
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+    save_checkpoint(tmp_path / "other.pt", {"weights": torch.ones(1)})
+    with pytest.raises(CheckpointError, match="no 'model'"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_schedule_and_parameter_groups(random_text_encoder):
+    cfg = load_config(
+        "shapes_tiny", {"train.warmup_steps": 4, "train.lr_drop_steps": [10, 20], "train.lr": 1e-4}
+    )
+    t = cfg.train
+    assert [lr_factor(s, t) for s in (0, 3, 4, 9, 10, 20)] == pytest.approx(
+        [0.25, 1.0, 1.0, 1.0, 0.1, 0.01]
+    )
+    model = build_model(cfg, text_encoder=random_text_encoder)
+    groups = {g["name"]: g for g in build_optimizer(model, t).param_groups}
+    assert groups["head"]["lr"] == pytest.approx(1e-4)
+    assert groups["backbone"]["lr"] == pytest.approx(1e-5)
+    assert groups["text_encoder"]["lr"] == pytest.approx(1e-5)
+    assert groups["head_no_decay"]["weight_decay"] == 0.0 and groups["head"]["weight_decay"] == 0.05
