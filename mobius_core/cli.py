@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 
@@ -78,6 +79,31 @@ def _cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .build import build_model
+    from .data.coco import CocoDataset
+    from .training.engine import Trainer
+
+    cfg = load_config(args.config, parse_set_args(args.overrides))
+    dataset = CocoDataset(args.data, args.images)
+    model = build_model(cfg)
+    trainer = Trainer(cfg, model, dataset, args.out, progress=not args.no_progress)
+    checkpoint = Path(args.out) / "last.pt"
+    if args.resume:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}; start without it")
+        trainer.resume(checkpoint)
+        print(f"resumed from {checkpoint} at step {trainer.step}")
+    elif checkpoint.exists():
+        raise FileExistsError(
+            f"{checkpoint} exists: pass --resume to continue it or choose another --out"
+        )
+    last = trainer.fit(args.max_steps)
+    print(f"trained to step {trainer.step}; last loss {last['loss'] if last else float('nan'):.4f}")
+    print(f"checkpoint: {checkpoint}; log: {Path(args.out) / 'log.csv'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mobius", description="MOBIUS open-vocabulary instance segmentation"
@@ -95,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kept", help="kept queries after each decoder layer, e.g. 300,250,...")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_flops)
+    p = sub.add_parser("train", help="train a config on a COCO-format dataset")
+    _add_config_args(p)
+    p.add_argument("--data", required=True, help="COCO-format annotation json")
+    p.add_argument("--images", required=True, help="folder of the images named in --data")
+    p.add_argument("--out", required=True, help="output folder (log.csv, last.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--max-steps", type=int, help="stop at this step (default train.max_steps)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 
@@ -103,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"mobius {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

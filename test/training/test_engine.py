@@ -140,3 +140,19 @@ def test_schedule_and_parameter_groups(random_text_encoder):
     assert groups["backbone"]["lr"] == pytest.approx(1e-5)
     assert groups["text_encoder"]["lr"] == pytest.approx(1e-5)
     assert groups["head_no_decay"]["weight_decay"] == 0.0 and groups["head"]["weight_decay"] == 0.05
+
+
+def test_cli_train_and_resume(tiny_dataset, tmp_path, capsys):
+    from mobius_core.cli import main
+
+    sets = [x for k, v in OVERRIDES.items() for x in ("--set", f"{k}={json.dumps(v)}")]
+    sets += ["--set", "model.text_encoder.pretrained=false"]
+    data = ["--data", str(tiny_dataset.ann_file), "--images", str(tiny_dataset.image_dir)]
+    base = ["train", "shapes_tiny", *data, "--out", str(tmp_path), "--no-progress", *sets]
+    assert main([*base, "--max-steps", "2"]) == 0
+    assert "trained to step 2" in capsys.readouterr().out
+    assert main([*base, "--max-steps", "3"]) == 2  # refuses to overwrite without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main([*base, "--max-steps", "3", "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
