@@ -28,6 +28,7 @@ setup(
         "mobius_core.modeling.baselines",
         "mobius_core.training",
         "mobius_core.data",
+        "mobius_core.evaluation",
         "mobius_ros",
     ],
     package_data={"mobius_core": ["zoo/*.yaml"]},
