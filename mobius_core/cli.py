@@ -79,13 +79,42 @@ def _cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data_args(p: argparse.ArgumentParser, default_images: int) -> None:
+    p.add_argument("--data", help="COCO-format annotation json")
+    p.add_argument("--images", help="folder of the images named in --data")
+    p.add_argument(
+        "--synthetic",
+        choices=("train", "val", "val_unseen"),
+        help="use a split of the synthetic shapes benchmark instead (generated once, cached)",
+    )
+    p.add_argument(
+        "--num-images",
+        type=int,
+        default=default_images,
+        help=f"images in the synthetic split (default {default_images})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="synthetic split seed (default 0)")
+
+
+def _dataset(args: argparse.Namespace):
+    from .data.coco import CocoDataset
+    from .data.synthetic import cached_split
+
+    if args.synthetic:
+        if args.data or args.images:
+            raise ValueError("give either --synthetic or --data/--images, not both")
+        return cached_split(args.synthetic, args.num_images, args.seed, progress=True)
+    if not (args.data and args.images):
+        raise ValueError("give --data ANN.json and --images DIR, or --synthetic SPLIT")
+    return CocoDataset(args.data, args.images)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .build import build_model
-    from .data.coco import CocoDataset
     from .training.engine import Trainer
 
     cfg = load_config(args.config, parse_set_args(args.overrides))
-    dataset = CocoDataset(args.data, args.images)
+    dataset = _dataset(args)
     model = build_model(cfg)
     trainer = Trainer(cfg, model, dataset, args.out, progress=not args.no_progress)
     checkpoint = Path(args.out) / "last.pt"
@@ -101,6 +130,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     last = trainer.fit(args.max_steps)
     print(f"trained to step {trainer.step}; last loss {last['loss'] if last else float('nan'):.4f}")
     print(f"checkpoint: {checkpoint}; log: {Path(args.out) / 'log.csv'}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .build import build_model
+    from .evaluation.evaluator import evaluate_dataset
+    from .modeling.pruning import PruneSchedule
+    from .training.checkpoint import CheckpointError, load_checkpoint
+
+    cfg = load_config(args.config, parse_set_args(args.overrides))
+    model = build_model(cfg)
+    if args.checkpoint:
+        state = load_checkpoint(args.checkpoint)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"checkpoint {args.checkpoint} does not fit config {cfg.name}: {str(exc)[:300]}"
+            ) from exc
+    p = cfg.model.pruning
+    prune = (
+        None
+        if args.no_prune
+        else PruneSchedule.create(p.schedule, p.low, p.high, p.beta, p.min_keep)
+    )
+    dataset = _dataset(args)
+    result = evaluate_dataset(
+        model, dataset, short_side=args.size, prune=prune, progress=not args.json
+    )
+    metrics = {"config": cfg.name, "pruning": prune is not None, **result.metrics}
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:14s} {value:.2f}" if isinstance(value, float) else f"{key:14s} {value}")
     return 0
 
 
@@ -123,13 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_flops)
     p = sub.add_parser("train", help="train a config on a COCO-format dataset")
     _add_config_args(p)
-    p.add_argument("--data", required=True, help="COCO-format annotation json")
-    p.add_argument("--images", required=True, help="folder of the images named in --data")
+    _add_data_args(p, default_images=600)
     p.add_argument("--out", required=True, help="output folder (log.csv, last.pt)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--max-steps", type=int, help="stop at this step (default train.max_steps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("eval", help="box/mask AP and calibration on a COCO-format dataset")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", help="a checkpoint written by `mobius train`")
+    _add_data_args(p, default_images=100)
+    p.add_argument("--size", type=int, default=800, help="short side at inference (default 800)")
+    p.add_argument("--no-prune", action="store_true", help="run every query through every layer")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 
