@@ -208,8 +208,18 @@ def parse_set_args(items: list[str]) -> dict[str, Any]:
             raise ConfigError(
                 f"override {item!r} is not KEY=VALUE (e.g. model.decoder.num_queries=100)"
             )
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = _number_or_value(yaml.safe_load(value))
     return out
+
+
+def _number_or_value(value: Any) -> Any:
+    # YAML 1.1 reads 5e-4 (no dot) as a string; on a command line it means a number
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

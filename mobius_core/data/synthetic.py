@@ -52,7 +52,6 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..atomic import atomic_write_bytes
 from ..rle import encode_rle
 
 __all__ = [
@@ -589,19 +589,6 @@ def generate_split(
     return {"coco": coco, "refs": refs, "images": images}
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
@@ -645,14 +632,14 @@ def write_split(
         else:
             it = bar = tqdm(it, total=num_images, desc=split, unit="img")
     for record, image, anns, image_refs in it:
-        _atomic_write_bytes(image_dir / record["file_name"], _png_bytes(image))
+        atomic_write_bytes(image_dir / record["file_name"], _png_bytes(image))
         coco["images"].append(record)
         coco["annotations"].extend(anns)
         refs.extend(image_refs)
     if bar is not None:
         bar.close()
-    _atomic_write_bytes(root / "annotations.json", json.dumps(coco).encode())
-    _atomic_write_bytes(root / "refs.json", json.dumps(refs).encode())
+    atomic_write_bytes(root / "annotations.json", json.dumps(coco).encode())
+    atomic_write_bytes(root / "refs.json", json.dumps(refs).encode())
     return root
 
 
@@ -683,7 +670,7 @@ def cached_split(
     marker = folder / "complete"
     if not marker.is_file():
         write_split(folder, split, num_images, seed, size, progress=progress)
-        _atomic_write_bytes(marker, b"ok\n")
+        atomic_write_bytes(marker, b"ok\n")
     return CocoDataset(folder / split / "annotations.json", folder / split / "images")
 
 

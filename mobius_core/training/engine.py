@@ -179,7 +179,8 @@ class Trainer:
 
     def _log(self, losses: dict[str, float], rate: float) -> None:
         path = self.out_dir / "log.csv"
-        row = {"step": self.step, "lr": self.optimizer.param_groups[-1]["lr"], "steps_per_s": rate}
+        lr = max(g["lr"] for g in self.optimizer.param_groups)
+        row = {"step": self.step, "lr": lr, "steps_per_s": rate}
         row.update(losses)
         new = not path.exists()
         with path.open("a", newline="") as f:

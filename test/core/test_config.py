@@ -123,5 +123,6 @@ def test_file_errors(tmp_path):
 
 def test_parse_set_args():
     assert parse_set_args(["a.b=3", "c=true", "d=[1, 2]"]) == {"a.b": 3, "c": True, "d": [1, 2]}
+    assert parse_set_args(["lr=5e-4", "name=abc"]) == {"lr": 5e-4, "name": "abc"}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_set_args(["novalue"])
