@@ -8,6 +8,7 @@ mobius flops NAME --size 800 [--kept Q1,...,QL] [--prompts 80] [--json]
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -133,22 +134,71 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
+def _load_model(cfg, checkpoint: str | None):
     from .build import build_model
-    from .evaluation.evaluator import evaluate_dataset
-    from .modeling.pruning import PruneSchedule
     from .training.checkpoint import CheckpointError, load_checkpoint
 
-    cfg = load_config(args.config, parse_set_args(args.overrides))
     model = build_model(cfg)
-    if args.checkpoint:
-        state = load_checkpoint(args.checkpoint)
+    if checkpoint:
+        state = load_checkpoint(checkpoint)
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as exc:
             raise CheckpointError(
-                f"checkpoint {args.checkpoint} does not fit config {cfg.name}: {str(exc)[:300]}"
+                f"checkpoint {checkpoint} does not fit config {cfg.name}: {str(exc)[:300]}"
             ) from exc
+    return model.eval()
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .atomic import atomic_write_bytes
+    from .data.coco import Sample
+    from .data.transforms import ResizeFlip, collate
+    from .postprocess import PostProcessor
+    from .visualize import draw_instances
+
+    prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
+    cfg = load_config(args.config, parse_set_args(args.overrides))
+    try:
+        with Image.open(args.image) as im:
+            image = np.asarray(im.convert("RGB"))
+    except (OSError, FileNotFoundError) as exc:
+        raise ValueError(f"cannot read image {args.image}: {exc}") from exc
+    model = _load_model(cfg, args.checkpoint)
+    text = model.encode_text(prompts)
+    empty = np.zeros((0, 4), dtype=np.float32)
+    sample = Sample(image, empty, np.zeros(0, np.int64), None, np.zeros(0, bool), 0, args.image)
+    images, _, sizes = collate([ResizeFlip((args.size,), 1333, 0.0)(sample)])
+    with torch.no_grad():
+        out = model(model.normalize(images), text)
+    post = PostProcessor(score_threshold=args.threshold)
+    (inst,) = post(out, args.task, [image.shape[:2]], sizes, tuple(text.prompts))
+    if args.out:
+        buf = io.BytesIO()
+        Image.fromarray(draw_instances(image, inst)).save(buf, format="PNG")
+        atomic_write_bytes(args.out, buf.getvalue())
+    if args.json:
+        rows = [
+            {"label": inst.label_texts[i], "score": round(float(inst.scores[i]), 4),
+             "box": [round(float(v), 1) for v in inst.boxes[i]]}
+            for i in range(len(inst))
+        ]  # fmt: skip
+        print(json.dumps(rows))
+    else:
+        print(f"{len(inst)} instances" + (f"; overlay written to {args.out}" if args.out else ""))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.evaluator import evaluate_dataset
+    from .modeling.pruning import PruneSchedule
+
+    cfg = load_config(args.config, parse_set_args(args.overrides))
+    model = _load_model(cfg, args.checkpoint)
     p = cfg.model.pruning
     prune = (
         None
@@ -201,6 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prune", action="store_true", help="run every query through every layer")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("predict", help="segment one image and draw the result")
+    p.add_argument("image", help="an image file (PNG, JPEG, ...)")
+    p.add_argument("--prompts", required=True, help='comma-separated prompts, e.g. "person,car"')
+    p.add_argument("--config", default="shapes_tiny", help="zoo name or YAML (default shapes_tiny)")
+    add_set_argument(p)
+    p.add_argument("--checkpoint", help="a checkpoint written by `mobius train`")
+    p.add_argument("--task", default="category", choices=("category", "agnostic", "referring"))
+    p.add_argument("--size", type=int, default=800, help="short side at inference (default 800)")
+    p.add_argument("--threshold", type=float, default=0.3, help="score threshold (default 0.3)")
+    p.add_argument("--out", help="write the overlay PNG here")
+    p.add_argument("--json", action="store_true", help="print the instances as JSON")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 
