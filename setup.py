@@ -31,7 +31,7 @@ setup(
         "mobius_core.evaluation",
         "mobius_ros",
     ],
-    package_data={"mobius_core": ["zoo/*.yaml"]},
+    package_data={"mobius_core": ["zoo/*.yaml", "weights/*.pt"]},
     install_requires=_requirements(),
     extras_require={"clip": ["open_clip_torch>=2.24"]},
     entry_points={"console_scripts": ["mobius=mobius_core.cli:main"]},

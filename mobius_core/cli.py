@@ -134,20 +134,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(cfg, checkpoint: str | None):
+def _load_model(cfg, checkpoint: str | None, overrides: list[str]):
+    """Build the config's model and load ``checkpoint``, or else the one shipped for its name
+    (unless ``--set`` changed the model, which the shipped weights would not fit)."""
     from .build import build_model
-    from .training.checkpoint import CheckpointError, load_checkpoint
+    from .training.checkpoint import load_checkpoint, load_model_weights, shipped_checkpoint
 
     model = build_model(cfg)
-    if checkpoint:
-        state = load_checkpoint(checkpoint)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"checkpoint {checkpoint} does not fit config {cfg.name}: {str(exc)[:300]}"
-            ) from exc
+    changed = any(
+        o.startswith("model.") and not o.startswith("model.text_encoder.") for o in overrides
+    )
+    path = checkpoint or (None if changed else shipped_checkpoint(cfg.name))
+    if path:
+        load_model_weights(model, load_checkpoint(path), f"{path} (config {cfg.name})")
     return model.eval()
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    from .atomic import atomic_write_bytes
+    from .training.checkpoint import load_checkpoint, release_state
+
+    state = release_state(load_checkpoint(args.checkpoint), args.keep_text_encoder)
+    buf = io.BytesIO()
+    import torch
+
+    torch.save(state, buf)
+    path = atomic_write_bytes(args.out, buf.getvalue())
+    print(f"{path}: {len(buf.getvalue()) / 1e6:.1f} MB, {len(state['model'])} tensors")
+    return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -168,7 +182,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             image = np.asarray(im.convert("RGB"))
     except (OSError, FileNotFoundError) as exc:
         raise ValueError(f"cannot read image {args.image}: {exc}") from exc
-    model = _load_model(cfg, args.checkpoint)
+    model = _load_model(cfg, args.checkpoint, args.overrides)
     text = model.encode_text(prompts)
     empty = np.zeros((0, 4), dtype=np.float32)
     sample = Sample(image, empty, np.zeros(0, np.int64), None, np.zeros(0, bool), 0, args.image)
@@ -198,7 +212,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .modeling.pruning import PruneSchedule
 
     cfg = load_config(args.config, parse_set_args(args.overrides))
-    model = _load_model(cfg, args.checkpoint)
+    model = _load_model(cfg, args.checkpoint, args.overrides)
     p = cfg.model.pruning
     prune = (
         None
@@ -263,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the overlay PNG here")
     p.add_argument("--json", action="store_true", help="print the instances as JSON")
     p.set_defaults(func=_cmd_predict)
+    p = sub.add_parser("release", help="strip a training checkpoint down to inference weights")
+    p.add_argument("checkpoint", help="a checkpoint written by `mobius train`")
+    p.add_argument("--out", required=True, help="where to write the release checkpoint")
+    p.add_argument(
+        "--keep-text-encoder",
+        action="store_true",
+        help="keep the text encoder's weights (needed when it was fine-tuned)",
+    )
+    p.set_defaults(func=_cmd_release)
     return parser
 
 

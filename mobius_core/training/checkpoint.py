@@ -37,3 +37,49 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path} has no 'model' state; not a MOBIUS checkpoint")
     return state
+
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+TEXT_PREFIX = "text_encoder."
+
+
+def release_state(state: dict[str, Any], keep_text_encoder: bool = False) -> dict[str, Any]:
+    """A training checkpoint reduced to what inference needs: the model weights (without
+    the text encoder's, which ship with their own package, unless ``keep_text_encoder``),
+    the config and the prompts. No optimizer, no RNG."""
+    model = {
+        k: v
+        for k, v in state["model"].items()
+        if keep_text_encoder or not k.startswith(TEXT_PREFIX)
+    }
+    return {
+        "model": model,
+        "config": state.get("config", {}),
+        "prompts": state.get("prompts", []),
+        "step": state.get("step", 0),
+        "text_encoder_included": keep_text_encoder,
+    }
+
+
+def load_model_weights(model: torch.nn.Module, state: dict[str, Any], source: str) -> None:
+    """Load ``state['model']`` into ``model``; a release checkpoint may lack the text encoder."""
+    try:
+        result = model.load_state_dict(state["model"], strict=False)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint {source} does not fit this model: {str(exc)[:300]}"
+        ) from exc
+    missing = [k for k in result.missing_keys if not k.startswith(TEXT_PREFIX)]
+    if state.get("text_encoder_included", True):
+        missing = list(result.missing_keys)
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"checkpoint {source} does not fit this model: missing {missing[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}"
+        )
+
+
+def shipped_checkpoint(config_name: str) -> Path | None:
+    """The checkpoint shipped in the package for a zoo config, if there is one."""
+    path = WEIGHTS_DIR / f"{config_name}.pt"
+    return path if path.is_file() else None

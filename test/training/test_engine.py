@@ -156,3 +156,25 @@ def test_cli_train_and_resume(tiny_dataset, tmp_path, capsys):
     assert main([*base, "--max-steps", "3", "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
+
+
+def test_release_checkpoint_drops_training_state_and_text_encoder(tmp_path, capsys):
+    from mobius_core.cli import main
+    from mobius_core.training.checkpoint import CheckpointError, load_model_weights
+
+    cfg = load_config("shapes_tiny", {"model.text_encoder.pretrained": False})
+    torch.manual_seed(0)
+    model = build_model(cfg, text_encoder=build_text_encoder("minilm", pretrained=False))
+    full = save_checkpoint(
+        tmp_path / "full.pt", {"model": model.state_dict(), "optimizer": {}, "step": 7}
+    )
+    assert main(["release", str(full), "--out", str(tmp_path / "rel.pt")]) == 0
+    rel = load_checkpoint(tmp_path / "rel.pt")
+    assert "optimizer" not in rel and rel["step"] == 7 and rel["text_encoder_included"] is False
+    assert not any(k.startswith("text_encoder.") for k in rel["model"])
+    fresh = build_model(cfg, text_encoder=build_text_encoder("minilm", pretrained=False))
+    load_model_weights(fresh, rel, "rel.pt")
+    torch.testing.assert_close(fresh.decoder.norm.weight, model.decoder.norm.weight)
+    broken = dict(rel, model={k: v for k, v in rel["model"].items() if "decoder.norm" not in k})
+    with pytest.raises(CheckpointError, match="missing"):
+        load_model_weights(fresh, broken, "broken.pt")
