@@ -154,7 +154,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
     from .atomic import atomic_write_bytes
     from .training.checkpoint import load_checkpoint, release_state
 
-    state = release_state(load_checkpoint(args.checkpoint), args.keep_text_encoder)
+    state = release_state(load_checkpoint(args.checkpoint), args.keep_text_encoder, args.half)
     buf = io.BytesIO()
     import torch
 
@@ -285,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the text encoder's weights (needed when it was fine-tuned)",
     )
+    p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
     p.set_defaults(func=_cmd_release)
     return parser
 

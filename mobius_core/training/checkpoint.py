@@ -43,12 +43,15 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 TEXT_PREFIX = "text_encoder."
 
 
-def release_state(state: dict[str, Any], keep_text_encoder: bool = False) -> dict[str, Any]:
+def release_state(
+    state: dict[str, Any], keep_text_encoder: bool = False, half: bool = False
+) -> dict[str, Any]:
     """A training checkpoint reduced to what inference needs: the model weights (without
-    the text encoder's, which ship with their own package, unless ``keep_text_encoder``),
-    the config and the prompts. No optimizer, no RNG."""
+    the text encoder's, which ship with their own package, unless ``keep_text_encoder``;
+    floating tensors stored as float16 with ``half``, restored to the model's dtype on
+    load), the config and the prompts. No optimizer, no RNG."""
     model = {
-        k: v
+        k: v.half() if half and v.is_floating_point() else v
         for k, v in state["model"].items()
         if keep_text_encoder or not k.startswith(TEXT_PREFIX)
     }

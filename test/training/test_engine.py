@@ -175,6 +175,11 @@ def test_release_checkpoint_drops_training_state_and_text_encoder(tmp_path, caps
     fresh = build_model(cfg, text_encoder=build_text_encoder("minilm", pretrained=False))
     load_model_weights(fresh, rel, "rel.pt")
     torch.testing.assert_close(fresh.decoder.norm.weight, model.decoder.norm.weight)
+    assert main(["release", str(full), "--out", str(tmp_path / "half.pt"), "--half"]) == 0
+    half = load_checkpoint(tmp_path / "half.pt")
+    assert half["model"]["decoder.norm.weight"].dtype == torch.float16
+    load_model_weights(fresh, half, "half.pt")
+    assert fresh.decoder.norm.weight.dtype == torch.float32
     broken = dict(rel, model={k: v for k, v in rel["model"].items() if "decoder.norm" not in k})
     with pytest.raises(CheckpointError, match="missing"):
         load_model_weights(fresh, broken, "broken.pt")
