@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,7 @@ def evaluate_dataset(
     post = PostProcessor(score_threshold=score_threshold, top_k=top_k)
     results: list[dict[str, Any]] = []
     scores, ious, kept = [], [], []
+    kept_layers: list[list[int]] = []
     indices = range(0, len(dataset), batch_size)
     if progress:
         from tqdm import tqdm
@@ -61,6 +63,7 @@ def evaluate_dataset(
         images, _, sizes = collate(items)
         out = model(model.normalize(images), text, prune=prune)
         kept.extend(out.kept[:, -1].tolist())
+        kept_layers.extend(out.kept.tolist())
         instances = post(
             out,
             "category",
@@ -78,7 +81,56 @@ def evaluate_dataset(
     metrics["ece"] = expected_calibration_error(np.asarray(scores), np.asarray(ious))
     metrics["kept_mean"] = float(np.mean(kept)) if kept else 0.0
     metrics["images"] = float(len(dataset))
+    metrics["decoder_gflops"] = _decoder_gflops(model, short_side, dataset, kept_layers)
+    refs = dataset.ann_file.parent / "refs.json"
+    if refs.is_file():
+        metrics.update(evaluate_referring(model, dataset, refs, short_side, max_size))
     return EvalResult(metrics, results)
+
+
+def _decoder_gflops(model: Mobius, size: int, dataset: CocoDataset, kept: list[list[int]]) -> float:
+    """Decoder cost at ``size`` for the mean kept-query trajectory seen in evaluation."""
+    from ..flops import count_flops
+
+    if not kept:
+        return 0.0
+    trajectory = [max(1, round(v)) for v in np.mean(np.asarray(kept, dtype=np.float64), axis=0)]
+    for i in range(1, len(trajectory)):  # rounding must keep it non-increasing
+        trajectory[i] = min(trajectory[i], trajectory[i - 1])
+    side = -(-size // 32) * 32
+    text = model.encode_text(dataset.prompts)
+    return float(count_flops(model, (side, side), kept=trajectory, text=text)["decoder"])
+
+
+@torch.no_grad()
+def evaluate_referring(
+    model: Mobius, dataset: CocoDataset, refs_file, short_side: int, max_size: int = 1333
+) -> dict[str, float]:
+    """Referring segmentation on a RefCOCO-style refs file (one expression -> one instance):
+    each sentence is its own prompt, the best query's mask is compared with the referent."""
+    from ..rle import decode_rle
+    from .refer import refer_metrics
+
+    refs = json.loads(Path(refs_file).read_text())
+    by_image = {info["id"]: i for i, info in enumerate(dataset.images)}
+    anns = {a["id"]: a for lst in dataset.anns.values() for a in lst}
+    transform = ResizeFlip((short_side,), max_size, 0.0)
+    post = PostProcessor()
+    pairs = []
+    for ref in refs:
+        if ref["image_id"] not in by_image or ref["ann_id"] not in anns:
+            continue
+        sample = dataset[by_image[ref["image_id"]]]
+        images, _, sizes = collate([transform(sample)])
+        gt = decode_rle(anns[ref["ann_id"]]["segmentation"])
+        sentences = tuple(s["sent"] for s in ref["sentences"])
+        out = model(model.normalize(images), model.encode_text(list(sentences)))
+        (inst,) = post(out, "referring", [sample.image.shape[:2]], sizes, sentences)
+        for k in range(len(sentences)):
+            hit = (inst.labels == k).nonzero()
+            pred = inst.masks[int(hit[0])].numpy() if len(hit) else None
+            pairs.append((pred, gt))
+    return refer_metrics(pairs) if pairs else {}
 
 
 def _best_ious(inst, sample) -> list[float]:

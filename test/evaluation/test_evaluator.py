@@ -35,8 +35,10 @@ def test_evaluate_dataset_reports_every_metric(val4, random_text_encoder):
     for key in ("box_ap", "mask_ap", "mask_ap50", "ece", "kept_mean"):
         assert key in m and 0.0 <= m[key] <= 100.0
     assert m["kept_mean"] == 50.0 and m["images"] == 4.0
+    assert 0.0 <= m["refer_p50"] <= 100.0 and 0.0 <= m["refer_oiou"] <= 100.0  # refs.json
     pruned = evaluate_dataset(model, val4, short_side=128, prune=PruneSchedule.fixed([30, 20, 10]))
     assert pruned.metrics["kept_mean"] == 10.0
+    assert 0 < pruned.metrics["decoder_gflops"] < m["decoder_gflops"]
     assert all(r["category_id"] in val4.labels.ids for r in full.results)
 
 
