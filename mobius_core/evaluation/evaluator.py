@@ -41,10 +41,12 @@ def evaluate_dataset(
     score_threshold: float = 0.05,
     top_k: int = 100,
     progress: bool = False,
+    referring: bool = True,
 ) -> EvalResult:
     """Category-guided instance segmentation over ``dataset`` with its category names as
     prompts. Metrics: box/mask AP (0-100), ``ece`` (percent), ``kept_mean`` (mean kept
-    queries after the last decoder layer) and ``images``."""
+    queries after the last decoder layer), ``images``, ``decoder_gflops`` and, when the
+    dataset folder has a refs.json and ``referring`` is on, ``refer_p50``/``refer_oiou``."""
     model.eval()
     text = model.encode_text(dataset.prompts)
     transform = ResizeFlip((short_side,), max_size, 0.0)
@@ -83,7 +85,7 @@ def evaluate_dataset(
     metrics["images"] = float(len(dataset))
     metrics["decoder_gflops"] = _decoder_gflops(model, short_side, dataset, kept_layers)
     refs = dataset.ann_file.parent / "refs.json"
-    if refs.is_file():
+    if referring and refs.is_file():
         metrics.update(evaluate_referring(model, dataset, refs, short_side, max_size))
     return EvalResult(metrics, results)
 
