@@ -116,6 +116,7 @@ class PruningConfig:
 @dataclass
 class ModelConfig:
     hidden_dim: int = _bounded(256, 8, 4096)
+    input_size: int = _bounded(800, 32, 8192)  # short side at inference unless told otherwise
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
@@ -132,6 +133,7 @@ class TrainConfig:
 
     batch_size: int = _bounded(2, 1, 4096)
     max_steps: int = _bounded(1000, 1, 10_000_000)
+    max_minutes: float = _bounded(0.0, 0.0, 1e7)  # wall-clock budget, 0 = none
     lr: float = _bounded(1e-4, 0.0, 1.0)
     weight_decay: float = _bounded(0.05, 0.0, 1.0)
     backbone_lr_mult: float = _bounded(0.1, 0.0, 10.0)
@@ -144,6 +146,11 @@ class TrainConfig:
     amp: bool = False
     ema_decay: float = _bounded(0.0, 0.0, 1.0)
     calibration: bool = True
+    dn_number: int = _bounded(100, 0, 100_000)
+    dn_label_noise: float = _bounded(0.2, 0.0, 1.0)
+    dn_box_noise: float = _bounded(0.4, 0.0, 10.0)
+    hybrid_queries: int = _bounded(300, 0, 100_000)
+    hybrid_k: int = _bounded(6, 1, 1000)
     num_points: int = _bounded(12544, 1, 1_000_000)
     loss_class: float = _bounded(4.0, 0.0, 1e3)
     loss_bbox: float = _bounded(5.0, 0.0, 1e3)

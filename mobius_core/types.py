@@ -108,6 +108,9 @@ class ModelOutput:
     aux: per-layer predictions before the last layer (training only, else empty).
     selection: the query-selection stage output.
     image_size: (H, W) of the padded network input.
+    denoising: training only, every decoder layer's predictions for the denoising queries.
+    dn_assignment: per image (DN slots, instance indices), the known matching of those.
+    hybrid: training only, every decoder layer's predictions for the one-to-many queries.
     """
 
     logits: Tensor
@@ -118,6 +121,9 @@ class ModelOutput:
     aux: list[LayerPrediction] = field(default_factory=list)
     selection: QuerySelection | None = None
     image_size: tuple[int, int] = (0, 0)
+    denoising: list[LayerPrediction] = field(default_factory=list)
+    dn_assignment: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    hybrid: list[LayerPrediction] = field(default_factory=list)
 
 
 @dataclass

@@ -53,7 +53,8 @@ class Sample:
     """One image and its instances in image pixels.
 
     image: [H,W,3] uint8 RGB; boxes: [N,4] float32 xyxy; labels: [N] int64 contiguous
-    indices; masks: [N,H,W] bool or None (box-only data); iscrowd: [N] bool.
+    indices; masks: [N,H,W] bool or None (box-only data); iscrowd: [N] bool; ann_ids: [N]
+    the annotation ids the instances come from (None where there are none).
     """
 
     image: np.ndarray
@@ -63,6 +64,7 @@ class Sample:
     iscrowd: np.ndarray
     image_id: int
     file_name: str
+    ann_ids: np.ndarray | None = None
 
 
 def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
@@ -136,7 +138,7 @@ class CocoDataset:
         except OSError as exc:
             raise DatasetError(f"image {path} cannot be decoded: {exc}") from exc
         h, w = image.shape[:2]
-        boxes, labels, masks, crowd = [], [], [], []
+        boxes, labels, masks, crowd, ids = [], [], [], [], []
         for ann in self.anns[info["id"]]:
             x, y, bw, bh = (float(v) for v in ann["bbox"])
             if bw <= 0 or bh <= 0:
@@ -144,6 +146,7 @@ class CocoDataset:
             boxes.append([x, y, min(x + bw, w), min(y + bh, h)])
             labels.append(self._lookup[ann["category_id"]])
             crowd.append(bool(ann.get("iscrowd", 0)))
+            ids.append(int(ann.get("id", -1)))
             if self.with_masks:
                 masks.append(self._mask(ann, h, w))
         mask_array = None
@@ -157,6 +160,7 @@ class CocoDataset:
             iscrowd=np.asarray(crowd, dtype=bool),
             image_id=int(info["id"]),
             file_name=str(info["file_name"]),
+            ann_ids=np.asarray(ids, dtype=np.int64),
         )
 
     def _mask(self, ann: dict[str, Any], h: int, w: int) -> np.ndarray:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..types import ModelOutput, TextEmbeddings
+from ..types import LayerPrediction, ModelOutput, Target, TextEmbeddings
 from .backbone import Backbone
 from .decoder import TransformerDecoder
+from .denoising import build_denoising_queries, training_attention_mask
 from .fusion import flatten_text_tokens
 from .pruning import PruneSchedule
 from .query_selection import LanguageGuidedQuerySelection
@@ -53,6 +54,28 @@ class Mobius(nn.Module):
         self.register_buffer(
             "pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False
         )
+        # training-only extra queries (see denoising.py); off until the trainer sets them
+        self.dn_number = 0
+        self.dn_label_noise = 0.2
+        self.dn_box_noise = 0.4
+        self.hybrid_queries = 0
+
+    def configure_training_queries(
+        self,
+        dn_number: int = 0,
+        dn_label_noise: float = 0.2,
+        dn_box_noise: float = 0.4,
+        hybrid_queries: int = 0,
+    ) -> None:
+        """Turn on query denoising (about ``dn_number`` DN queries per image) and the
+        one-to-many branch (``hybrid_queries`` extra queries) for training forwards that
+        are given targets. Inference never uses either."""
+        if dn_number < 0 or hybrid_queries < 0:
+            raise ValueError(
+                f"dn_number and hybrid_queries must be >= 0, got {dn_number}, {hybrid_queries}"
+            )
+        self.dn_number, self.dn_label_noise = int(dn_number), float(dn_label_noise)
+        self.dn_box_noise, self.hybrid_queries = float(dn_box_noise), int(hybrid_queries)
 
     # -- text path (run once per prompt set) -------------------------------------------
     def encode_text(self, prompts: list[str]) -> TextEmbeddings:
@@ -75,11 +98,14 @@ class Mobius(nn.Module):
         text: TextEmbeddings,
         prune: PruneSchedule | None = None,
         with_aux: bool | None = None,
+        targets: list[Target] | None = None,
     ) -> ModelOutput:
         """images: [B,3,H,W] normalised (H, W multiples of 32); text: K prompts.
 
         prune: a pruning schedule (ignored in training mode); with_aux: also return the
-        per-layer predictions (default: in training mode). -> ModelOutput with Q' queries.
+        per-layer predictions (default: in training mode); targets: in training mode, the
+        ground truth that the denoising queries are built from (see
+        :meth:`configure_training_queries`). -> ModelOutput with Q' queries.
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B,3,H,W], got {tuple(images.shape)}")
@@ -96,24 +122,85 @@ class Mobius(nn.Module):
         maps = [pix.levels[i] for i in self.decode_levels]
         shapes = [(m.shape[-2], m.shape[-1]) for m in maps]
         memory = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)  # -> [B,S,C]
-        selection = self.query_selection(memory, shapes, z_text)
-        result = self.decoder(
-            selection.queries,
-            selection.boxes,
-            memory,
-            shapes,
-            z_text,
-            pix.mask_features,
-            prune=prune,
-            with_aux=with_aux,
+        training_queries = self.training and targets is not None
+        hybrid = self.hybrid_queries if training_queries else 0
+        selection = self.query_selection(memory, shapes, z_text, extra=hybrid)
+        if not training_queries or (self.dn_number == 0 and hybrid == 0):
+            result = self.decoder(
+                selection.queries,
+                selection.boxes,
+                memory,
+                shapes,
+                z_text,
+                pix.mask_features,
+                prune=prune,
+                with_aux=with_aux,
+            )
+            return ModelOutput(
+                logits=result.logits,
+                boxes=result.boxes,
+                masks=result.masks,
+                query_valid=result.valid,
+                kept=result.kept,
+                aux=result.aux,
+                selection=selection,
+                image_size=(images.shape[-2], images.shape[-1]),
+            )
+        return self._forward_training_queries(
+            selection, memory, shapes, z_text, pix.mask_features, targets, images.shape[-2:]
         )
+
+    def _forward_training_queries(
+        self, selection, memory, shapes, z_text, mask_features, targets, image_size
+    ) -> ModelOutput:
+        """Decoder pass over ``[DN | one-to-one | one-to-many]`` queries, split back apart."""
+        dn = None
+        if self.dn_number > 0 and z_text.shape[0] > 0:
+            dn = build_denoising_queries(
+                targets, z_text, self.dn_number, self.dn_label_noise, self.dn_box_noise
+            )
+        n_dn = dn.size if dn is not None else 0
+        total = selection.queries.shape[1]
+        n_main = min(self.query_selection.num_queries, total)
+        n_hybrid = total - n_main
+        queries, boxes = selection.queries, selection.boxes
+        if dn is not None:
+            queries = torch.cat([dn.queries.to(queries.dtype), queries], dim=1)
+            boxes = torch.cat([dn.boxes.to(boxes.dtype), boxes], dim=1)
+        mask = training_attention_mask(
+            dn.groups if dn else 0, dn.group_size if dn else 0, n_main, n_hybrid, queries.device
+        )
+        result = self.decoder(
+            queries, boxes, memory, shapes, z_text, mask_features, with_aux=True, attn_mask=mask
+        )
+        layers = [*result.aux, LayerPrediction(result.logits, result.boxes, result.masks)]
+        parts = {"dn": slice(0, n_dn), "main": slice(n_dn, n_dn + n_main)}
+        parts["hybrid"] = slice(n_dn + n_main, n_dn + total)
+        split = {
+            name: [LayerPrediction(p.logits[:, sl], p.boxes[:, sl], p.masks[:, sl]) for p in layers]
+            for name, sl in parts.items()
+        }
+        main = split["main"]
+        b = queries.shape[0]
+        sel = selection
+        if n_hybrid:
+            sel = type(selection)(
+                queries=selection.queries[:, :n_main],
+                boxes=selection.boxes[:, :n_main],
+                logits=selection.logits[:, :n_main],
+                box_logits=selection.box_logits[:, :n_main],
+                indices=selection.indices[:, :n_main],
+            )
         return ModelOutput(
-            logits=result.logits,
-            boxes=result.boxes,
-            masks=result.masks,
-            query_valid=result.valid,
-            kept=result.kept,
-            aux=result.aux,
-            selection=selection,
-            image_size=(images.shape[-2], images.shape[-1]),
+            logits=main[-1].logits,
+            boxes=main[-1].boxes,
+            masks=main[-1].masks,
+            query_valid=torch.ones(b, n_main, dtype=torch.bool, device=queries.device),
+            kept=torch.full_like(result.kept, n_main),
+            aux=main[:-1],
+            selection=sel,
+            image_size=(int(image_size[0]), int(image_size[1])),
+            denoising=split["dn"] if dn is not None else [],
+            dn_assignment=list(zip(dn.slots, dn.instances)) if dn is not None else [],
+            hybrid=split["hybrid"] if n_hybrid else [],
         )

@@ -41,18 +41,19 @@ class LanguageGuidedQuerySelection(nn.Module):
         self.box_head = MLP(dim, dim, 4, 3)
 
     def forward(
-        self, memory: Tensor, shapes: list[tuple[int, int]], text: Tensor
+        self, memory: Tensor, shapes: list[tuple[int, int]], text: Tensor, extra: int = 0
     ) -> QuerySelection:
         """memory: [B,S,C] tokens of the decoded levels; text: [K,C] -> QuerySelection (Q = K_top).
 
-        Q = min(num_queries, S).
+        Q = min(num_queries + extra, S); ``extra`` tokens (the training-only one-to-many
+        queries) come after the ``num_queries`` best, which are what inference selects.
         """
         feats = self.enc_norm(self.enc_output(memory))  # [B,S,C]
         logits = self.classifier(feats, text)  # [B,S,K]  (Eq. 3)
         confidence = logits.max(dim=-1).values  # [B,S]   (Eq. 2a, before the sigmoid)
         anchors = inverse_sigmoid(anchor_boxes(shapes, memory))  # [S,4]
         box_logits = self.box_head(feats) + anchors  # [B,S,4] (Eq. 2b)
-        k = min(self.num_queries, memory.shape[1])
+        k = min(self.num_queries + extra, memory.shape[1])
         index = confidence.topk(k, dim=1).indices  # [B,Q]  (Eq. 2c)
         chosen_feats = gather_queries(feats, index)
         chosen_boxes = gather_queries(box_logits, index)

@@ -2,6 +2,10 @@
 
 Stages: the final decoder layer, every earlier decoder layer (auxiliary) and the query
 selection (class and box only: it predicts no masks). Each stage is matched on its own.
+In training with the extra queries of ``modeling/denoising.py`` two more families join:
+the denoising queries of every layer (known assignment, no matching; terms ``*_dn``) and
+the one-to-many queries of every layer (matched against the ground truth repeated
+``hybrid_k`` times; terms ``*_o2m``), each summed over layers.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class SetCriterion(nn.Module):
         alpha: float = 0.25,
         gamma: float = 2.0,
         num_points: int = 12544,
+        hybrid_k: int = 6,
     ) -> None:
         super().__init__()
         self.matcher = matcher
@@ -43,6 +48,9 @@ class SetCriterion(nn.Module):
             )
         self.calibration, self.alpha, self.gamma = calibration, alpha, gamma
         self.num_points = num_points
+        if hybrid_k < 1:
+            raise ValueError(f"hybrid_k must be >= 1, got {hybrid_k}")
+        self.hybrid_k = hybrid_k
 
     def stage_losses(
         self,
@@ -54,6 +62,18 @@ class SetCriterion(nn.Module):
     ) -> dict[str, Tensor]:
         """One stage: logits [B,Q,K], boxes [B,Q,4], masks [B,Q,h,w] or None."""
         indices = self.matcher(logits, boxes, masks, targets)
+        return self.assigned_losses(logits, boxes, masks, targets, indices, num_targets)
+
+    def assigned_losses(
+        self,
+        logits: Tensor,
+        boxes: Tensor,
+        masks: Tensor | None,
+        targets: list[Target],
+        indices: list[tuple[Tensor, Tensor]],
+        num_targets: float,
+    ) -> dict[str, Tensor]:
+        """Losses for a given assignment: per image (query indices, target indices)."""
         positive = torch.zeros_like(logits, dtype=torch.bool)
         iou_target = torch.zeros_like(logits)
         pred_boxes, gt_boxes = [], []
@@ -121,5 +141,35 @@ class SetCriterion(nn.Module):
             ).items():
                 result[f"{name}{suffix}"] = value
                 total = total + self.weights[name] * value
+        if outputs.denoising:
+            n_dn = float(sum(len(slot) for slot, _ in outputs.dn_assignment))
+            for layer in outputs.denoising:
+                terms = self.assigned_losses(
+                    layer.logits, layer.boxes, layer.masks, targets, outputs.dn_assignment, n_dn
+                )
+                total = self._accumulate(result, terms, "_dn", total)
+        if outputs.hybrid:
+            repeated = [repeat_target(t, self.hybrid_k) for t in targets]
+            for layer in outputs.hybrid:
+                terms = self.stage_losses(
+                    layer.logits, layer.boxes, layer.masks, repeated, num_targets * self.hybrid_k
+                )
+                total = self._accumulate(result, terms, "_o2m", total)
         result["loss"] = total
         return result
+
+    def _accumulate(
+        self, result: dict[str, Tensor], terms: dict[str, Tensor], suffix: str, total: Tensor
+    ) -> Tensor:
+        """Add ``terms`` into ``result[<term><suffix>]`` (summed over layers) and the total."""
+        for name, value in terms.items():
+            key = f"{name}{suffix}"
+            result[key] = result[key] + value if key in result else value
+            total = total + self.weights[name] * value
+        return total
+
+
+def repeat_target(target: Target, k: int) -> Target:
+    """The ground truth of one image with every instance repeated ``k`` times (one-to-many)."""
+    masks = target.masks.repeat(k, 1, 1) if target.masks is not None else None
+    return Target(target.labels.repeat(k), target.boxes.repeat(k, 1), masks)

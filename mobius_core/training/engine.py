@@ -20,6 +20,8 @@ import torch
 
 from ..config import Config
 from ..data.coco import Sample
+from ..data.mixed import CategorySource, MixedDataset, SourceSpec, merge_prompts
+from ..data.synthetic import flip_expression
 from ..data.transforms import ResizeFlip, collate
 from ..modeling.mobius import Mobius
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -31,7 +33,8 @@ log = logging.getLogger(__name__)
 
 
 class InstanceDataset(Protocol):
-    """What the trainer needs of a dataset: samples and the prompt names of its labels."""
+    """A single category dataset: samples and the prompt names of its labels (a
+    ``MixedDataset`` of several sources and tasks works as well)."""
 
     def __len__(self) -> int: ...
     def __getitem__(self, index: int) -> Sample: ...
@@ -56,7 +59,9 @@ def build_criterion(cfg: Config) -> SetCriterion:
         cost_dice=t.loss_dice,
         num_points=t.num_points,
     )
-    return SetCriterion(matcher, weights, calibration=t.calibration, num_points=t.num_points)
+    return SetCriterion(
+        matcher, weights, calibration=t.calibration, num_points=t.num_points, hybrid_k=t.hybrid_k
+    )
 
 
 class Trainer:
@@ -75,49 +80,63 @@ class Trainer:
         if len(dataset) == 0:
             raise ValueError("the training dataset is empty")
         self.cfg, self.model, self.dataset = cfg, model, dataset
+        self.data = (
+            dataset
+            if isinstance(dataset, MixedDataset)
+            else MixedDataset([SourceSpec("train", CategorySource(dataset), 1.0)])
+        )
         self.out_dir = Path(out_dir)
         self.progress = progress
         t = cfg.train
         if t.freeze_text_encoder:
             for p in model.text_encoder.parameters():
                 p.requires_grad_(False)
+        model.configure_training_queries(
+            t.dn_number, t.dn_label_noise, t.dn_box_noise, t.hybrid_queries
+        )
         self.criterion = build_criterion(cfg)
         self.optimizer = build_optimizer(model, t)
         self.transform = ResizeFlip(t.short_sides, t.max_size, t.flip_prob)
-        self.prompts = list(dataset.prompts)
+        self.prompts = list(self.data.prompts)  # recorded in checkpoints
         self.step = 0
         self.skipped = 0
+        self.elapsed_s = 0.0  # training time so far, across resumes (for train.max_minutes)
 
     # -- data -----------------------------------------------------------------------------
     def batch_indices(self, step: int) -> list[int]:
-        """Dataset indices of the batch at ``step``: a seeded permutation per epoch."""
-        n, bs = len(self.dataset), self.cfg.train.batch_size
-        out = []
-        for g in range(step * bs, (step + 1) * bs):
-            epoch, pos = divmod(g, n)
-            perm = np.random.default_rng([self.cfg.train.seed, epoch]).permutation(n)
-            out.append(int(perm[pos]))
-        return out
+        """Item indices (in the step's source) of the batch at ``step``."""
+        return self.data.indices(step, self.cfg.train.batch_size, self.cfg.train.seed)[1]
 
     def batch(self, step: int):
-        items = [
-            self.transform(self.dataset[idx], np.random.default_rng([self.cfg.train.seed, step, i]))
-            for i, idx in enumerate(self.batch_indices(step))
-        ]
-        return collate(items)
+        """(images, targets, sizes, prompts) of ``step``: augmented, padded, labels indexing
+        the batch's merged prompt list (flipped images get left/right-swapped sentences)."""
+        t = self.cfg.train
+        resized, prompt_sets = [], []
+        for i, item in enumerate(self.data.items(step, t.batch_size, t.seed)):
+            r = self.transform(item.sample, np.random.default_rng([t.seed, step, i]))
+            prompts = item.prompts
+            if r.flipped and item.task == "referring":
+                prompts = tuple(flip_expression(p) for p in prompts)
+            resized.append(r)
+            prompt_sets.append(prompts)
+        prompts, offsets = merge_prompts(prompt_sets)
+        for r, offset in zip(resized, offsets):
+            r.labels = r.labels + offset
+        images, targets, sizes = collate(resized)
+        return images, targets, sizes, prompts
 
     # -- one step -------------------------------------------------------------------------
     def train_step(self) -> dict[str, float] | None:
         """One optimisation step; returns the loss terms, or None if the step was skipped."""
         self.model.train()
-        images, targets, _ = self.batch(self.step)
+        images, targets, _, prompts = self.batch(self.step)
         if self.cfg.train.freeze_text_encoder:
-            text = self.model.encode_text(self.prompts)
+            text = self.model.encode_text(prompts)
         else:
-            text = self.model.text_encoder(self.prompts)
+            text = self.model.text_encoder(prompts)
         use_amp = self.cfg.train.amp and torch.cuda.is_available()
         with torch.autocast("cuda", enabled=use_amp):
-            outputs = self.model(self.model.normalize(images), text)
+            outputs = self.model(self.model.normalize(images), text, targets=targets)
             losses = self.criterion(outputs, targets)
         loss = losses["loss"]
         self.optimizer.zero_grad(set_to_none=True)
@@ -146,7 +165,9 @@ class Trainer:
 
     # -- loop -----------------------------------------------------------------------------
     def fit(self, max_steps: int | None = None) -> dict[str, float] | None:
-        """Train until ``max_steps`` (default ``cfg.train.max_steps``); returns the last losses."""
+        """Train until ``max_steps`` (default ``cfg.train.max_steps``) or until the wall-clock
+        budget ``cfg.train.max_minutes`` (counted across resumes) is spent; returns the last
+        losses."""
         total = max_steps if max_steps is not None else self.cfg.train.max_steps
         self.out_dir.mkdir(parents=True, exist_ok=True)
         bar = None
@@ -157,8 +178,17 @@ class Trainer:
         last = None
         start = time.perf_counter()
         done_at_start = self.step
+        elapsed_at_start = self.elapsed_s
+        budget_s = self.cfg.train.max_minutes * 60.0
         try:
             while self.step < total:
+                if budget_s and self.elapsed_s >= budget_s:
+                    log.info(
+                        "stopping at step %d: the %.1f-minute budget is spent",
+                        self.step,
+                        self.cfg.train.max_minutes,
+                    )
+                    break
                 losses = self.train_step()
                 if losses is not None:
                     last = losses
@@ -167,6 +197,7 @@ class Trainer:
                         self._log(losses, rate)
                     if bar is not None:
                         bar.set_postfix(loss=f"{losses['loss']:.3f}", it_s=f"{rate:.2f}")
+                self.elapsed_s = elapsed_at_start + time.perf_counter() - start
                 if bar is not None:
                     bar.update(1)
                 if self.step % self.cfg.train.checkpoint_every == 0:
@@ -183,8 +214,13 @@ class Trainer:
         row = {"step": self.step, "lr": lr, "steps_per_s": rate}
         row.update(losses)
         new = not path.exists()
+        if new:
+            fields = list(row)
+        else:  # the first row fixes the columns; a term missing from a step stays empty
+            with path.open(newline="") as f:
+                fields = next(csv.reader(f), None) or list(row)
         with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
+            writer = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -196,6 +232,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "skipped": self.skipped,
+            "elapsed_s": self.elapsed_s,
             "torch_rng": torch.get_rng_state(),
             "config": asdict(self.cfg),
             "prompts": list(self.prompts),
@@ -211,4 +248,5 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.skipped = int(state.get("skipped", 0))
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))
         torch.set_rng_state(state["torch_rng"])

@@ -33,6 +33,8 @@ OVERRIDES = {
     "train.lr": 1e-3,
     "train.log_every": 1,
     "train.checkpoint_every": 100,
+    "train.dn_number": 20,  # resume must also replay the denoising noise exactly
+    "train.hybrid_queries": 5,
 }
 
 
@@ -183,3 +185,16 @@ def test_release_checkpoint_drops_training_state_and_text_encoder(tmp_path, caps
     broken = dict(rel, model={k: v for k, v in rel["model"].items() if "decoder.norm" not in k})
     with pytest.raises(CheckpointError, match="missing"):
         load_model_weights(fresh, broken, "broken.pt")
+
+
+def test_wall_clock_budget_stops_training_and_survives_resume(tiny_dataset, tmp_path):
+    trainer = _trainer(tiny_dataset, tmp_path / "a", **{"train.max_minutes": 1e-6})
+    trainer.fit(50)
+    assert trainer.step == 1  # one step always runs, then the spent budget stops it
+    assert trainer.elapsed_s > 0
+    state = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert state["step"] == 1 and state["elapsed_s"] == pytest.approx(trainer.elapsed_s)
+    resumed = _trainer(tiny_dataset, tmp_path / "a", **{"train.max_minutes": 1e-6})
+    resumed.resume(tmp_path / "a" / "last.pt")
+    resumed.fit(50)
+    assert resumed.step == 1  # the budget counts across resumes
