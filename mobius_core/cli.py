@@ -110,12 +110,40 @@ def _dataset(args: argparse.Namespace):
     return CocoDataset(args.data, args.images)
 
 
+def _train_dataset(args: argparse.Namespace):
+    """The training data: a datasets file, or one dataset (plus its refs with a ratio)."""
+    from .data.mixed import (
+        CategorySource,
+        MixedDataset,
+        ReferringSource,
+        SourceSpec,
+        load_sources,
+    )
+
+    if args.datasets:
+        if args.data or args.images or args.synthetic:
+            raise ValueError("give either --datasets or --data/--images/--synthetic, not both")
+        return load_sources(args.datasets)
+    dataset = _dataset(args)
+    if args.referring_ratio < 0:
+        raise ValueError(f"--referring-ratio must be >= 0, got {args.referring_ratio}")
+    if args.referring_ratio == 0:
+        return dataset
+    refs = dataset.ann_file.parent / "refs.json"
+    return MixedDataset(
+        [
+            SourceSpec("instances", CategorySource(dataset), 1.0),
+            SourceSpec("referring", ReferringSource(dataset, refs), args.referring_ratio),
+        ]
+    )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .build import build_model
     from .training.engine import Trainer
 
     cfg = load_config(args.config, parse_set_args(args.overrides))
-    dataset = _dataset(args)
+    dataset = _train_dataset(args)
     model = build_model(cfg)
     trainer = Trainer(cfg, model, dataset, args.out, progress=not args.no_progress)
     checkpoint = Path(args.out) / "last.pt"
@@ -141,9 +169,8 @@ def _load_model(cfg, checkpoint: str | None, overrides: list[str]):
     from .training.checkpoint import load_checkpoint, load_model_weights, shipped_checkpoint
 
     model = build_model(cfg)
-    changed = any(
-        o.startswith("model.") and not o.startswith("model.text_encoder.") for o in overrides
-    )
+    harmless = ("model.text_encoder.", "model.input_size", "model.pruning.")
+    changed = any(o.startswith("model.") and not o.startswith(harmless) for o in overrides)
     path = checkpoint or (None if changed else shipped_checkpoint(cfg.name))
     if path:
         load_model_weights(model, load_checkpoint(path), f"{path} (config {cfg.name})")
@@ -186,7 +213,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     text = model.encode_text(prompts)
     empty = np.zeros((0, 4), dtype=np.float32)
     sample = Sample(image, empty, np.zeros(0, np.int64), None, np.zeros(0, bool), 0, args.image)
-    images, _, sizes = collate([ResizeFlip((args.size,), 1333, 0.0)(sample)])
+    size = args.size or cfg.model.input_size
+    images, _, sizes = collate([ResizeFlip((size,), 1333, 0.0)(sample)])
     with torch.no_grad():
         out = model(model.normalize(images), text)
     post = PostProcessor(score_threshold=args.threshold)
@@ -221,7 +249,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     dataset = _dataset(args)
     result = evaluate_dataset(
-        model, dataset, short_side=args.size, prune=prune, progress=not args.json
+        model,
+        dataset,
+        short_side=args.size or cfg.model.input_size,
+        prune=prune,
+        progress=not args.json,
+        task=args.task,
     )
     metrics = {"config": cfg.name, "pruning": prune is not None, **result.metrics}
     if args.json:
@@ -252,6 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a config on a COCO-format dataset")
     _add_config_args(p)
     _add_data_args(p, default_images=600)
+    p.add_argument(
+        "--datasets",
+        help="YAML list of training sources with ratios and tasks (category, referring, "
+        "agnostic; box-only with masks: false), instead of --data/--images/--synthetic",
+    )
+    p.add_argument(
+        "--referring-ratio",
+        type=float,
+        default=0.0,
+        help="also train on the refs.json beside the annotations (--synthetic or --data), "
+        "this many referring batches per category batch (default 0: none)",
+    )
     p.add_argument("--out", required=True, help="output folder (log.csv, last.pt)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--max-steps", type=int, help="stop at this step (default train.max_steps)")
@@ -261,8 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--checkpoint", help="a checkpoint written by `mobius train`")
     _add_data_args(p, default_images=100)
-    p.add_argument("--size", type=int, default=800, help="short side at inference (default 800)")
+    p.add_argument(
+        "--size", type=int, help="short side at inference (default: the config's model.input_size)"
+    )
     p.add_argument("--no-prune", action="store_true", help="run every query through every layer")
+    p.add_argument(
+        "--task",
+        choices=("category", "agnostic", "referring"),
+        default="category",
+        help="category-guided AP (default), class-agnostic AP, or only the referring metrics",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
     p = sub.add_parser("predict", help="segment one image and draw the result")
@@ -272,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_argument(p)
     p.add_argument("--checkpoint", help="a checkpoint written by `mobius train`")
     p.add_argument("--task", default="category", choices=("category", "agnostic", "referring"))
-    p.add_argument("--size", type=int, default=800, help="short side at inference (default 800)")
+    p.add_argument(
+        "--size", type=int, help="short side at inference (default: the config's model.input_size)"
+    )
     p.add_argument("--threshold", type=float, default=0.3, help="score threshold (default 0.3)")
     p.add_argument("--out", help="write the overlay PNG here")
     p.add_argument("--json", action="store_true", help="print the instances as JSON")

@@ -42,12 +42,29 @@ def evaluate_dataset(
     top_k: int = 100,
     progress: bool = False,
     referring: bool = True,
+    task: str = "category",
 ) -> EvalResult:
-    """Category-guided instance segmentation over ``dataset`` with its category names as
-    prompts. Metrics: box/mask AP (0-100), ``ece`` (percent), ``kept_mean`` (mean kept
-    queries after the last decoder layer), ``images``, ``decoder_gflops`` and, when the
-    dataset folder has a refs.json and ``referring`` is on, ``refer_p50``/``refer_oiou``."""
+    """Instance segmentation over ``dataset`` with its category names as prompts.
+
+    task: ``"category"`` (category-guided AP), ``"agnostic"`` (every instance is an
+    "object": AP ignores the labels, a query scores by its best prompt) or ``"referring"``
+    (only the referring metrics; needs the dataset folder's refs.json).
+    Metrics: box/mask AP (0-100), ``ece`` (percent), ``kept_mean`` (mean kept queries after
+    the last decoder layer), ``images``, ``decoder_gflops`` and, when the dataset folder has
+    a refs.json and ``referring`` is on, ``refer_p50``/``refer_oiou``."""
+    if task not in ("category", "agnostic", "referring"):
+        raise ValueError(f"unknown task {task!r}; use category, agnostic or referring")
     model.eval()
+    refs = dataset.ann_file.parent / "refs.json"
+    if task == "referring":
+        if not refs.is_file():
+            raise FileNotFoundError(
+                f"--task referring needs a RefCOCO-style refs file at {refs} (one expression "
+                "-> one annotation id); none is there"
+            )
+        metrics = evaluate_referring(model, dataset, refs, short_side, max_size, prune)
+        metrics["images"] = float(len(dataset))
+        return EvalResult(metrics, [])
     text = model.encode_text(dataset.prompts)
     transform = ResizeFlip((short_side,), max_size, 0.0)
     post = PostProcessor(score_threshold=score_threshold, top_k=top_k)
@@ -68,26 +85,39 @@ def evaluate_dataset(
         kept_layers.extend(out.kept.tolist())
         instances = post(
             out,
-            "category",
+            task,
             [s.image.shape[:2] for s in samples],
             sizes,
             tuple(dataset.prompts),
         )
         for sample, inst in zip(samples, instances):
             for r in instances_to_coco(inst, sample.image_id):
-                r["category_id"] = dataset.labels.ids[int(r["category_id"])]
+                r["category_id"] = (
+                    AGNOSTIC_ID if task == "agnostic" else dataset.labels.ids[int(r["category_id"])]
+                )
                 results.append(r)
             scores.extend(inst.scores.tolist())
-            ious.extend(_best_ious(inst, sample))
-    metrics = evaluate_coco(_gt_json(dataset), results)
+            ious.extend(_best_ious(inst, sample, same_label=task == "category"))
+    gt = _gt_json(dataset)
+    metrics = evaluate_coco(agnostic_gt(gt) if task == "agnostic" else gt, results)
     metrics["ece"] = expected_calibration_error(np.asarray(scores), np.asarray(ious))
     metrics["kept_mean"] = float(np.mean(kept)) if kept else 0.0
     metrics["images"] = float(len(dataset))
     metrics["decoder_gflops"] = _decoder_gflops(model, short_side, dataset, kept_layers)
-    refs = dataset.ann_file.parent / "refs.json"
     if referring and refs.is_file():
-        metrics.update(evaluate_referring(model, dataset, refs, short_side, max_size))
+        metrics.update(evaluate_referring(model, dataset, refs, short_side, max_size, prune))
     return EvalResult(metrics, results)
+
+
+AGNOSTIC_ID = 1
+
+
+def agnostic_gt(gt: dict[str, Any]) -> dict[str, Any]:
+    """A COCO ground truth with every category merged into one, "object" (id 1)."""
+    out = dict(gt)
+    out["categories"] = [{"id": AGNOSTIC_ID, "name": "object"}]
+    out["annotations"] = [{**a, "category_id": AGNOSTIC_ID} for a in gt["annotations"]]
+    return out
 
 
 def _decoder_gflops(model: Mobius, size: int, dataset: CocoDataset, kept: list[list[int]]) -> float:
@@ -106,10 +136,16 @@ def _decoder_gflops(model: Mobius, size: int, dataset: CocoDataset, kept: list[l
 
 @torch.no_grad()
 def evaluate_referring(
-    model: Mobius, dataset: CocoDataset, refs_file, short_side: int, max_size: int = 1333
+    model: Mobius,
+    dataset: CocoDataset,
+    refs_file,
+    short_side: int,
+    max_size: int = 1333,
+    prune: PruneSchedule | None = None,
 ) -> dict[str, float]:
     """Referring segmentation on a RefCOCO-style refs file (one expression -> one instance):
-    each sentence is its own prompt, the best query's mask is compared with the referent."""
+    each sentence is its own prompt, the best query's mask is compared with the referent.
+    With ``prune``, the decoder prunes as in deployment (at least one query survives)."""
     from ..rle import decode_rle
     from .refer import refer_metrics
 
@@ -126,7 +162,7 @@ def evaluate_referring(
         images, _, sizes = collate([transform(sample)])
         gt = decode_rle(anns[ref["ann_id"]]["segmentation"])
         sentences = tuple(s["sent"] for s in ref["sentences"])
-        out = model(model.normalize(images), model.encode_text(list(sentences)))
+        out = model(model.normalize(images), model.encode_text(list(sentences)), prune=prune)
         (inst,) = post(out, "referring", [sample.image.shape[:2]], sizes, sentences)
         for k in range(len(sentences)):
             hit = (inst.labels == k).nonzero()
@@ -135,8 +171,9 @@ def evaluate_referring(
     return refer_metrics(pairs) if pairs else {}
 
 
-def _best_ious(inst, sample) -> list[float]:
-    """Each predicted box's best IoU with a ground-truth box of the same label."""
+def _best_ious(inst, sample, same_label: bool = True) -> list[float]:
+    """Each predicted box's best IoU with a ground-truth box (of the same label, unless
+    ``same_label`` is off)."""
     if len(inst) == 0:
         return []
     gt_boxes = torch.from_numpy(sample.boxes)
@@ -144,6 +181,8 @@ def _best_ious(inst, sample) -> list[float]:
     if len(gt_boxes) == 0:
         return [0.0] * len(inst)
     iou, _ = box_iou(inst.boxes.float(), gt_boxes)
+    if not same_label:
+        return iou.max(dim=1).values.tolist()
     same = inst.labels[:, None] == gt_labels[None, :]
     return (iou * same).max(dim=1).values.tolist()
 
