@@ -139,11 +139,16 @@ def _train_dataset(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from .build import build_model
+    from .training.distributed import init_from_env
     from .training.engine import Trainer
 
+    rank, world = init_from_env()  # torchrun: join the process group
     cfg = load_config(args.config, parse_set_args(args.overrides))
     dataset = _train_dataset(args)
+    torch.manual_seed(cfg.train.seed)  # identical initial weights in every process
     model = build_model(cfg)
     trainer = Trainer(cfg, model, dataset, args.out, progress=not args.no_progress)
     checkpoint = Path(args.out) / "last.pt"
@@ -157,8 +162,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"{checkpoint} exists: pass --resume to continue it or choose another --out"
         )
     last = trainer.fit(args.max_steps)
-    print(f"trained to step {trainer.step}; last loss {last['loss'] if last else float('nan'):.4f}")
-    print(f"checkpoint: {checkpoint}; log: {Path(args.out) / 'log.csv'}")
+    if rank == 0:
+        loss = last["loss"] if last else float("nan")
+        procs = f" on {world} processes" if world > 1 else ""
+        print(f"trained to step {trainer.step}{procs}; last loss {loss:.4f}")
+        print(f"checkpoint: {checkpoint}; log: {Path(args.out) / 'log.csv'}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return 0
 
 
@@ -181,7 +193,9 @@ def _cmd_release(args: argparse.Namespace) -> int:
     from .atomic import atomic_write_bytes
     from .training.checkpoint import load_checkpoint, release_state
 
-    state = release_state(load_checkpoint(args.checkpoint), args.keep_text_encoder, args.half)
+    state = release_state(
+        load_checkpoint(args.checkpoint), args.keep_text_encoder, args.half, ema=not args.no_ema
+    )
     buf = io.BytesIO()
     import torch
 
@@ -341,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the text encoder's weights (needed when it was fine-tuned)",
     )
     p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
+    p.add_argument(
+        "--no-ema",
+        action="store_true",
+        help="ship the last step's weights even where the checkpoint has an EMA average",
+    )
     p.set_defaults(func=_cmd_release)
     return parser
 

@@ -162,6 +162,7 @@ class TrainConfig:
     flip_prob: float = _bounded(0.5, 0.0, 1.0)
     seed: int = _bounded(0, 0, 2**31 - 1)
     log_every: int = _bounded(10, 1, 1_000_000)
+    tensorboard: bool = True  # also log to OUT/tensorboard where the package is installed
     checkpoint_every: int = _bounded(200, 1, 10_000_000)
 
 

@@ -207,11 +207,17 @@ class MixedDataset:
         rng = np.random.default_rng([seed, step, 11])
         return k, [int(i) for i in rng.integers(n, size=batch_size)]
 
-    def items(self, step: int, batch_size: int, seed: int) -> list[TrainItem]:
+    def items(
+        self, step: int, batch_size: int, seed: int, shard: tuple[int, int] = (0, 1)
+    ) -> list[TrainItem]:
+        """The items of batch ``step``; with ``shard=(r, n)`` only positions r, r+n, ...
+        (one process's part of a distributed batch), each exactly as in the whole batch."""
         k, idx = self.indices(step, batch_size, seed)
         source = self.specs[k].source
+        r, n = shard
         return [
-            source.item(i, np.random.default_rng([seed, step, j, 13])) for j, i in enumerate(idx)
+            source.item(idx[j], np.random.default_rng([seed, step, j, 13]))
+            for j in range(r, len(idx), n)
         ]
 
 

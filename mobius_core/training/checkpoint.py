@@ -44,15 +44,18 @@ TEXT_PREFIX = "text_encoder."
 
 
 def release_state(
-    state: dict[str, Any], keep_text_encoder: bool = False, half: bool = False
+    state: dict[str, Any], keep_text_encoder: bool = False, half: bool = False, ema: bool = True
 ) -> dict[str, Any]:
-    """A training checkpoint reduced to what inference needs: the model weights (without
-    the text encoder's, which ship with their own package, unless ``keep_text_encoder``;
-    floating tensors stored as float16 with ``half``, restored to the model's dtype on
-    load), the config and the prompts. No optimizer, no RNG."""
+    """A training checkpoint reduced to what inference needs: the model weights (the EMA
+    average where the checkpoint has one, unless ``ema`` is off; without the text
+    encoder's, which ship with their own package, unless ``keep_text_encoder``; floating
+    tensors stored as float16 with ``half``, restored to the model's dtype on load), the
+    config and the prompts. No optimizer, no RNG."""
+    from .ema import inference_weights
+
     model = {
         k: v.half() if half and v.is_floating_point() else v
-        for k, v in state["model"].items()
+        for k, v in inference_weights(state, ema).items()
         if keep_text_encoder or not k.startswith(TEXT_PREFIX)
     }
     return {
@@ -61,13 +64,17 @@ def release_state(
         "prompts": state.get("prompts", []),
         "step": state.get("step", 0),
         "text_encoder_included": keep_text_encoder,
+        "ema": bool(ema and state.get("ema")),
     }
 
 
 def load_model_weights(model: torch.nn.Module, state: dict[str, Any], source: str) -> None:
-    """Load ``state['model']`` into ``model``; a release checkpoint may lack the text encoder."""
+    """Load a checkpoint's inference weights (its EMA average where it has one) into
+    ``model``; a release checkpoint may lack the text encoder."""
+    from .ema import inference_weights
+
     try:
-        result = model.load_state_dict(state["model"], strict=False)
+        result = model.load_state_dict(inference_weights(state), strict=False)
     except RuntimeError as exc:
         raise CheckpointError(
             f"checkpoint {source} does not fit this model: {str(exc)[:300]}"

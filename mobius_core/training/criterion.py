@@ -123,9 +123,15 @@ class SetCriterion(nn.Module):
         pp, gp = torch.cat(pred_pts), torch.cat(gt_pts)
         return mask_bce_loss(pp, gp, num_targets), dice_loss(pp, gp, num_targets)
 
-    def forward(self, outputs: ModelOutput, targets: list[Target]) -> dict[str, Tensor]:
-        """Losses of all stages: ``loss`` (weighted total) and ``<term>`` / ``<term>_<stage>``."""
-        num_targets = float(sum(len(t) for t in targets))
+    def forward(
+        self, outputs: ModelOutput, targets: list[Target], num_targets: float | None = None
+    ) -> dict[str, Tensor]:
+        """Losses of all stages: ``loss`` (weighted total) and ``<term>`` / ``<term>_<stage>``.
+
+        num_targets: the normaliser (default: the instances in ``targets``; in distributed
+        training, the mean over processes)."""
+        if num_targets is None:
+            num_targets = float(sum(len(t) for t in targets))
         stages: list[tuple[str, Tensor, Tensor, Tensor | None]] = [
             ("", outputs.logits, outputs.boxes, outputs.masks)
         ]

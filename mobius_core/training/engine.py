@@ -24,8 +24,10 @@ from ..data.mixed import CategorySource, MixedDataset, SourceSpec, merge_prompts
 from ..data.synthetic import flip_expression
 from ..data.transforms import ResizeFlip, collate
 from ..modeling.mobius import Mobius
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .criterion import SetCriterion
+from .ema import ModelEma
 from .matcher import HungarianMatcher
 from .optim import build_optimizer, set_learning_rates
 
@@ -86,21 +88,40 @@ class Trainer:
             else MixedDataset([SourceSpec("train", CategorySource(dataset), 1.0)])
         )
         self.out_dir = Path(out_dir)
-        self.progress = progress
         t = cfg.train
+        self.rank, self.world = distributed.rank_world()
+        if t.batch_size % self.world:
+            raise ValueError(
+                f"train.batch_size={t.batch_size} (the global batch) must be divisible by the "
+                f"{self.world} processes"
+            )
+        self.main = self.rank == 0  # only the main process logs and writes checkpoints
+        self.progress = progress and self.main
         if t.freeze_text_encoder:
             for p in model.text_encoder.parameters():
                 p.requires_grad_(False)
         model.configure_training_queries(
             t.dn_number, t.dn_label_noise, t.dn_box_noise, t.hybrid_queries
         )
+        self.ema = (
+            ModelEma(model, t.ema_decay, "text_encoder." if t.freeze_text_encoder else None)
+            if t.ema_decay > 0
+            else None
+        )
         self.criterion = build_criterion(cfg)
         self.optimizer = build_optimizer(model, t)
+        self.net: torch.nn.Module = model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(model, find_unused_parameters=True)
         self.transform = ResizeFlip(t.short_sides, t.max_size, t.flip_prob)
         self.prompts = list(self.data.prompts)  # recorded in checkpoints
         self.step = 0
         self.skipped = 0
         self.elapsed_s = 0.0  # training time so far, across resumes (for train.max_minutes)
+        self._tb: Any = None  # TensorBoard writer, opened at the first log row
+        self._tb_enabled = t.tensorboard
 
     # -- data -----------------------------------------------------------------------------
     def batch_indices(self, step: int) -> list[int]:
@@ -112,7 +133,9 @@ class Trainer:
         the batch's merged prompt list (flipped images get left/right-swapped sentences)."""
         t = self.cfg.train
         resized, prompt_sets = [], []
-        for i, item in enumerate(self.data.items(step, t.batch_size, t.seed)):
+        items = self.data.items(step, t.batch_size, t.seed, shard=(self.rank, self.world))
+        positions = range(self.rank, t.batch_size, self.world)
+        for i, item in zip(positions, items):
             r = self.transform(item.sample, np.random.default_rng([t.seed, step, i]))
             prompts = item.prompts
             if r.flipped and item.task == "referring":
@@ -136,12 +159,15 @@ class Trainer:
             text = self.model.text_encoder(prompts)
         use_amp = self.cfg.train.amp and torch.cuda.is_available()
         with torch.autocast("cuda", enabled=use_amp):
-            outputs = self.model(self.model.normalize(images), text, targets=targets)
-            losses = self.criterion(outputs, targets)
+            outputs = self.net(self.model.normalize(images), text, targets=targets)
+            # DETR's normalisation: instances of the whole distributed batch per process
+            num_targets = distributed.all_reduce(float(sum(len(t) for t in targets))) / self.world
+            losses = self.criterion(outputs, targets, num_targets=num_targets)
         loss = losses["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         set_learning_rates(self.optimizer, self.step, self.cfg.train)
-        if not torch.isfinite(loss):
+        finite = distributed.all_reduce(float(torch.isfinite(loss)), "min") > 0
+        if not finite:  # every process skips together
             self.skipped += 1
             log.warning(
                 "step %d: loss is %s; skipping this update (%d skipped so far)",
@@ -157,6 +183,8 @@ class Trainer:
                 [p for p in self.model.parameters() if p.requires_grad], self.cfg.train.grad_clip
             )
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         self._advance()
         return {k: float(v.detach()) for k, v in losses.items()}
 
@@ -182,7 +210,10 @@ class Trainer:
         budget_s = self.cfg.train.max_minutes * 60.0
         try:
             while self.step < total:
-                if budget_s and self.elapsed_s >= budget_s:
+                spent = budget_s and distributed.all_reduce(
+                    float(self.elapsed_s >= budget_s), "max"
+                )
+                if spent:
                     log.info(
                         "stopping at step %d: the %.1f-minute budget is spent",
                         self.step,
@@ -209,6 +240,8 @@ class Trainer:
         return last
 
     def _log(self, losses: dict[str, float], rate: float) -> None:
+        if not self.main:
+            return
         path = self.out_dir / "log.csv"
         lr = max(g["lr"] for g in self.optimizer.param_groups)
         row = {"step": self.step, "lr": lr, "steps_per_s": rate}
@@ -224,6 +257,31 @@ class Trainer:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+        self._log_tensorboard(row)
+
+    def _log_tensorboard(self, row: dict[str, float]) -> None:
+        """The same row as TensorBoard scalars (``loss/<term>``, ``train/lr``, ...)."""
+        if not self._tb_enabled:
+            return
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                log.warning(
+                    "TensorBoard logging is off: `pip install tensorboard` to get it "
+                    "(log.csv has the same numbers); set train.tensorboard=false to hide this"
+                )
+                self._tb_enabled = False
+                return
+            # purge_step: after a resume, drop events the interrupted run wrote past this step
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step)
+        step = int(row["step"])
+        for key, value in row.items():
+            if key == "step":
+                continue
+            group = "train" if key in ("lr", "steps_per_s") else "loss"
+            self._tb.add_scalar(f"{group}/{key}", float(value), step)
+        self._tb.flush()
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -233,13 +291,21 @@ class Trainer:
             "step": self.step,
             "skipped": self.skipped,
             "elapsed_s": self.elapsed_s,
+            "world_size": self.world,
             "torch_rng": torch.get_rng_state(),
             "config": asdict(self.cfg),
             "prompts": list(self.prompts),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def save(self, path: str | Path) -> Path:
-        return save_checkpoint(path, self.state_dict())
+        """Write a checkpoint (the main process only; every process checks that the
+        processes' weights are still identical)."""
+        distributed.check_in_sync(self.model)
+        path = Path(path)
+        if self.main:
+            save_checkpoint(path, self.state_dict())
+        return path
 
     def resume(self, path: str | Path) -> None:
         """Continue exactly from a checkpoint written by :meth:`save`."""
@@ -249,4 +315,11 @@ class Trainer:
         self.step = int(state["step"])
         self.skipped = int(state.get("skipped", 0))
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ValueError(
+                    f"{path} has no EMA state but train.ema_decay={self.cfg.train.ema_decay}; "
+                    "resume with --set train.ema_decay=0 or start a new run"
+                )
+            self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])

@@ -91,8 +91,8 @@ def test_nan_loss_skips_the_update(tiny_dataset, tmp_path, caplog):
     before = {k: v.clone() for k, v in trainer.model.named_parameters()}
     real = trainer.criterion.forward
 
-    def broken(outputs, targets):
-        losses = real(outputs, targets)
+    def broken(outputs, targets, num_targets=None):
+        losses = real(outputs, targets, num_targets)
         losses["loss"] = losses["loss"] * float("nan")
         return losses
 
@@ -130,7 +130,13 @@ def test_checkpoint_is_atomic_and_errors_are_clear(tmp_path):
 
 def test_schedule_and_parameter_groups(random_text_encoder):
     cfg = load_config(
-        "shapes_tiny", {"train.warmup_steps": 4, "train.lr_drop_steps": [10, 20], "train.lr": 1e-4}
+        "shapes_tiny",
+        {
+            "train.warmup_steps": 4,
+            "train.lr_drop_steps": [10, 20],
+            "train.lr": 1e-4,
+            "train.backbone_lr_mult": 0.1,
+        },
     )
     t = cfg.train
     assert [lr_factor(s, t) for s in (0, 3, 4, 9, 10, 20)] == pytest.approx(
@@ -198,3 +204,57 @@ def test_wall_clock_budget_stops_training_and_survives_resume(tiny_dataset, tmp_
     resumed.resume(tmp_path / "a" / "last.pt")
     resumed.fit(50)
     assert resumed.step == 1  # the budget counts across resumes
+
+
+def test_ema_follows_the_weights_and_is_what_a_release_ships(tiny_dataset, tmp_path):
+    from mobius_core.training.checkpoint import release_state
+    from mobius_core.training.ema import ModelEma
+
+    lin = torch.nn.Linear(2, 1)
+    ema = ModelEma(lin, decay=0.5)
+    before = ema.shadow["weight"].clone()
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    ema.update(lin)  # ramped decay: min(0.5, 2/11)
+    d = 2 / 11
+    torch.testing.assert_close(ema.shadow["weight"], d * before + (1 - d) * lin.weight)
+    with pytest.raises(ValueError, match="EMA decay"):
+        ModelEma(lin, decay=1.0)
+
+    trainer = _trainer(tiny_dataset, tmp_path / "a", **{"train.ema_decay": 0.9})
+    trainer.fit(3)
+    state = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert state["ema"]["updates"] == 3
+    assert not any(k.startswith("text_encoder.") for k in state["ema"]["shadow"])
+    key = "decoder.box_head.layers.0.weight"
+    assert not torch.equal(state["ema"]["shadow"][key], state["model"][key])
+    released = release_state(state)
+    assert released["ema"] and torch.equal(released["model"][key], state["ema"]["shadow"][key])
+    raw = release_state(state, ema=False)
+    assert torch.equal(raw["model"][key], state["model"][key])
+    resumed = _trainer(tiny_dataset, tmp_path / "a", **{"train.ema_decay": 0.9})
+    resumed.resume(tmp_path / "a" / "last.pt")
+    assert resumed.ema.updates == 3
+    plain = _trainer(tiny_dataset, tmp_path / "b")
+    with pytest.raises(ValueError, match="no EMA state"):
+        _trainer(tiny_dataset, tmp_path / "a", **{"train.ema_decay": 0.9}).resume(
+            plain.save(tmp_path / "b" / "last.pt")
+        )
+
+
+def test_tensorboard_scalars_match_the_csv_log(tiny_dataset, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is in requirements-dev.txt")
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = _trainer(tiny_dataset, tmp_path)
+    trainer.fit(3)
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    events = acc.Scalars("loss/loss")
+    assert [e.step for e in events] == [1, 2, 3]
+    for event, row in zip(events, rows):
+        assert event.value == pytest.approx(float(row["loss"]), rel=1e-6)
+    assert [e.step for e in acc.Scalars("train/lr")] == [1, 2, 3]
