@@ -1,6 +1,7 @@
-"""Raw model outputs -> per-image :class:`~mobius_core.types.Instances` (no NMS, DETR-style).
+"""Raw model outputs -> per-image :class:`Instances` (no NMS, DETR-style), in NumPy.
 
-The three tasks of the paper (Fig. 5):
+The same code post-processes the eager model, onnxruntime and TensorRT (it imports no
+torch, so a deployed node can run without it). The three tasks of the paper (Fig. 5):
 
 - ``"category"``: multi-label over the K prompts. Every (query, prompt) pair is a candidate
   with score ``sigmoid(logit)``; the ``top_k`` best pairs scoring above ``score_threshold``
@@ -21,26 +22,71 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
-from mobius_core.box_ops import box_cxcywh_to_xyxy
+from mobius_core.imageops import resize_maps
 from mobius_core.rle import encode_rle
-from mobius_core.types import Instances, ModelOutput
 
-__all__ = ["TASKS", "PostProcessor", "instances_to_coco"]
+__all__ = ["TASKS", "Instances", "PostProcessor", "RawOutputs", "instances_to_coco"]
 
 TASKS: tuple[str, ...] = ("category", "agnostic", "referring")
 
 _MASK_STRIDE = 4
 
 
+@dataclass
+class RawOutputs:
+    """What every backend returns (the ``io_spec`` outputs), as NumPy arrays.
+
+    prompt_scores: [B,Q',K] sigmoid class scores; boxes: [B,Q',4] normalised cxcywh of the
+    padded input; masks: [B,Q',H_pad/4,W_pad/4] logits; query_valid: [B,Q'] bool;
+    kept: [B,L] kept queries per decoder layer; image_size: (H_pad, W_pad).
+    """
+
+    prompt_scores: np.ndarray
+    boxes: np.ndarray
+    masks: np.ndarray
+    query_valid: np.ndarray
+    kept: np.ndarray
+    image_size: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def from_model_output(cls, out: Any) -> RawOutputs:
+        """From the eager model's ``ModelOutput`` (torch tensors, any device)."""
+        return cls(
+            prompt_scores=out.logits.detach().float().sigmoid().cpu().numpy(),
+            boxes=out.boxes.detach().float().cpu().numpy(),
+            masks=out.masks.detach().float().cpu().numpy(),
+            query_valid=out.query_valid.detach().cpu().numpy().astype(bool),
+            kept=out.kept.detach().cpu().numpy(),
+            image_size=tuple(int(v) for v in out.image_size),
+        )
+
+
+@dataclass
+class Instances:
+    """Final instances of one image after post-processing, in original image pixels.
+
+    scores: [N] float32; labels: [N] int64 prompt indices; boxes: [N,4] float32 xyxy pixels;
+    masks: [N,H,W] bool; label_texts: the prompt text of each instance.
+    """
+
+    scores: np.ndarray
+    labels: np.ndarray
+    boxes: np.ndarray
+    masks: np.ndarray
+    label_texts: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
 class PostProcessor:
-    """Turns :class:`ModelOutput` into :class:`Instances` in original image pixels.
+    """Turns :class:`RawOutputs` (or a ``ModelOutput``) into :class:`Instances` in original
+    image pixels.
 
     Args:
         score_threshold: candidates need a class score strictly above this ("category" and
@@ -79,10 +125,9 @@ class PostProcessor:
             f"mask_threshold={self.mask_threshold}, score_with_mask={self.score_with_mask})"
         )
 
-    @torch.no_grad()
     def __call__(
         self,
-        outputs: ModelOutput,
+        outputs: RawOutputs | Any,
         task: str,
         image_sizes: Sequence[tuple[int, int]],
         input_sizes: Sequence[tuple[int, int]],
@@ -91,10 +136,10 @@ class PostProcessor:
         """Post-process a batch.
 
         Args:
-            outputs: logits ``[B,Q',K]``, boxes ``[B,Q',4]`` (normalised cxcywh of the padded
-                input), masks ``[B,Q',H_pad/4,W_pad/4]`` logits, query_valid ``[B,Q']`` and
-                image_size ``(H_pad, W_pad)`` (if left at ``(0, 0)`` it is taken as 4x the
-                mask size).
+            outputs: :class:`RawOutputs` (or a ``ModelOutput``, converted): scores
+                ``[B,Q',K]``, boxes ``[B,Q',4]``, masks ``[B,Q',H_pad/4,W_pad/4]`` logits,
+                query_valid ``[B,Q']`` and image_size ``(H_pad, W_pad)`` (if left at
+                ``(0, 0)`` it is taken as 4x the mask size).
             task: ``"category"``, ``"agnostic"`` or ``"referring"``.
             image_sizes: original ``(H, W)`` of each image, length B.
             input_sizes: ``(h, w)`` of each resized, un-padded image inside the padded input,
@@ -102,39 +147,40 @@ class PostProcessor:
             prompts: the K prompt strings (``len(prompts) == K``).
 
         Returns:
-            B :class:`Instances` on the outputs' device: scores ``[N]`` float32, labels ``[N]``
-            int64, boxes ``[N,4]`` xyxy float32 original pixels, masks ``[N,H,W]`` bool.
+            B :class:`Instances`: scores ``[N]`` float32, labels ``[N]`` int64, boxes
+            ``[N,4]`` xyxy float32 original pixels, masks ``[N,H,W]`` bool.
 
         Raises:
             ValueError: unknown task, or sizes/prompts inconsistent with the outputs.
         """
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-        logits, boxes, masks, valid = (
-            outputs.logits,
-            outputs.boxes,
+        if not isinstance(outputs, RawOutputs):
+            outputs = RawOutputs.from_model_output(outputs)
+        probs, boxes, masks, valid = (
+            np.asarray(outputs.prompt_scores, dtype=np.float32),
+            np.asarray(outputs.boxes, dtype=np.float32),
             outputs.masks,
             outputs.query_valid,
         )
-        if logits.dim() != 3:
-            raise ValueError(f"outputs.logits must be [B,Q,K], got {tuple(logits.shape)}")
-        b, q, k = logits.shape
+        if probs.ndim != 3:
+            raise ValueError(f"prompt scores must be [B,Q,K], got {probs.shape}")
+        b, q, k = probs.shape
         if len(image_sizes) != b or len(input_sizes) != b:
             raise ValueError(
                 f"got {len(image_sizes)} image_sizes and {len(input_sizes)} input_sizes "
                 f"for a batch of {b}"
             )
         if len(prompts) != k:
-            raise ValueError(f"got {len(prompts)} prompts but the logits have K={k}")
-        if valid is None:
-            valid = torch.ones((b, q), dtype=torch.bool, device=logits.device)
+            raise ValueError(f"got {len(prompts)} prompts but the scores have K={k}")
+        valid = np.ones((b, q), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
         pad_h, pad_w = outputs.image_size
         if pad_h <= 0 or pad_w <= 0:
             pad_h, pad_w = masks.shape[-2] * _MASK_STRIDE, masks.shape[-1] * _MASK_STRIDE
 
         results = []
         for i in range(b):
-            query_idx, labels, scores = self._select(task, logits[i], valid[i].bool())
+            query_idx, labels, scores = self._select(task, probs[i], valid[i])
             results.append(
                 self._build(
                     query_idx,
@@ -151,45 +197,42 @@ class PostProcessor:
             )
         return results
 
-    def _select(self, task: str, logits: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``logits [Q,K]``, ``valid [Q]`` -> (query indices ``[N]``, labels ``[N]``, scores)."""
-        q, k = logits.shape
-        device = logits.device
-        probs = logits.float().sigmoid()
+    def _select(
+        self, task: str, probs: np.ndarray, valid: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``probs [Q,K]``, ``valid [Q]`` -> (query indices ``[N]``, labels ``[N]``, scores)."""
+        q, k = probs.shape
         if task == "referring":
-            if q == 0 or not bool(valid.any()):
-                empty = torch.zeros(0, dtype=torch.long, device=device)
-                return empty, empty.clone(), torch.zeros(0, device=device)
-            masked = probs.masked_fill(~valid[:, None], -1.0)  # [Q,K]
-            scores, query_idx = masked.max(dim=0)  # [K]
-            labels = torch.arange(k, device=device)
-            return query_idx, labels, scores
+            if q == 0 or k == 0 or not valid.any():
+                empty = np.zeros(0, dtype=np.int64)
+                return empty, empty.copy(), np.zeros(0, dtype=np.float32)
+            masked = np.where(valid[:, None], probs, -1.0)  # [Q,K]
+            query_idx = masked.argmax(axis=0).astype(np.int64)  # [K], first best on ties
+            scores = masked[query_idx, np.arange(k)].astype(np.float32)
+            return query_idx, np.arange(k, dtype=np.int64), scores
         if task == "category":
-            cand_valid = valid[:, None].expand(q, k).flatten()
-            cand = probs.flatten()  # [Q*K], index q*K + k
+            cand_valid = np.repeat(valid, k)
+            cand = probs.reshape(-1)  # [Q*K], index q*K + k
         else:  # agnostic
-            cand_valid = valid if k > 0 else torch.zeros_like(valid)
-            cand = probs.max(dim=1).values if k > 0 else torch.zeros(q, device=device)  # [Q]
-        cand = cand.masked_fill(~cand_valid, -1.0)  # below any sigmoid score
-        n = min(self.top_k, cand.numel())
-        scores, flat_idx = cand.topk(n, sorted=True)
-        keep = (scores > self.score_threshold) & cand_valid[flat_idx]
-        scores, flat_idx = scores[keep], flat_idx[keep]
+            cand_valid = valid if k > 0 else np.zeros_like(valid)
+            cand = probs.max(axis=1) if k > 0 else np.zeros(q, dtype=np.float32)  # [Q]
+        cand = np.where(cand_valid, cand, -1.0)  # below any sigmoid score
+        n = min(self.top_k, cand.size)
+        order = np.argsort(-cand, kind="stable")[:n]  # best first, lower index on ties
+        scores = cand[order]
+        keep = (scores > self.score_threshold) & cand_valid[order]
+        scores, flat_idx = scores[keep].astype(np.float32), order[keep].astype(np.int64)
         if task == "category":
-            query_idx = torch.div(flat_idx, k, rounding_mode="floor")
-            labels = flat_idx % k
-        else:
-            query_idx = flat_idx
-            labels = torch.zeros_like(flat_idx)
-        return query_idx, labels, scores
+            return flat_idx // k, flat_idx % k, scores
+        return flat_idx, np.zeros_like(flat_idx), scores
 
     def _build(
         self,
-        query_idx: Tensor,
-        labels: Tensor,
-        scores: Tensor,
-        boxes: Tensor,
-        masks: Tensor,
+        query_idx: np.ndarray,
+        labels: np.ndarray,
+        scores: np.ndarray,
+        boxes: np.ndarray,
+        masks: np.ndarray,
         pad_size: tuple[int, int],
         input_size: tuple[int, int],
         image_size: tuple[int, int],
@@ -202,52 +245,49 @@ class PostProcessor:
         img_h, img_w = image_size
         if in_h <= 0 or in_w <= 0:
             raise ValueError(f"input size must be positive, got {input_size}")
-        device = boxes.device
 
         # boxes: normalised cxcywh of the padded input -> xyxy original pixels
-        sel_boxes = box_cxcywh_to_xyxy(boxes[query_idx].float())
-        scale = torch.tensor(
-            [pad_w * img_w / in_w, pad_h * img_h / in_h] * 2, dtype=torch.float32, device=device
-        )
-        sel_boxes = sel_boxes * scale
-        sel_boxes[:, 0::2] = sel_boxes[:, 0::2].clamp(0, img_w)
-        sel_boxes[:, 1::2] = sel_boxes[:, 1::2].clamp(0, img_h)
+        cx, cy, w, h = np.moveaxis(boxes[query_idx].astype(np.float32), -1, 0)
+        sel_boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
+        scale = np.array([pad_w * img_w / in_w, pad_h * img_h / in_h] * 2, dtype=np.float32)
+        sel_boxes = (sel_boxes * scale).reshape(-1, 4)
+        sel_boxes[:, 0::2] = sel_boxes[:, 0::2].clip(0, img_w)
+        sel_boxes[:, 1::2] = sel_boxes[:, 1::2].clip(0, img_h)
 
         # masks: crop the un-padded region at stride 4, resize to the original size
         crop_h = min(math.ceil(in_h / _MASK_STRIDE), masks.shape[-2])
         crop_w = min(math.ceil(in_w / _MASK_STRIDE), masks.shape[-1])
-        n = int(query_idx.numel())
-        out_masks = torch.zeros((n, img_h, img_w), dtype=torch.bool, device=device)
-        mask_scores = torch.ones(n, dtype=torch.float32, device=device)
+        n = int(query_idx.size)
+        out_masks = np.zeros((n, img_h, img_w), dtype=bool)
+        mask_scores = np.ones(n, dtype=np.float32)
         for start in range(0, n, self.mask_chunk):
             idx = query_idx[start : start + self.mask_chunk]
-            m = masks[idx, :crop_h, :crop_w].float()[:, None]  # [n,1,h',w']
+            m = masks[idx, :crop_h, :crop_w].astype(np.float32)  # [n,h',w']
             if img_h > 0 and img_w > 0:
-                m = F.interpolate(m, size=(img_h, img_w), mode="bilinear", align_corners=False)
-            m = m[:, 0]
+                m = resize_maps(m, (img_h, img_w))
             binary = m > self.mask_threshold
-            out_masks[start : start + idx.numel()] = binary
+            out_masks[start : start + idx.size] = binary
             if self.score_with_mask:
-                area = binary.flatten(1).sum(1).clamp(min=1)
-                mask_scores[start : start + idx.numel()] = (m.sigmoid() * binary).flatten(1).sum(
-                    1
-                ) / area
+                area = np.maximum(binary.reshape(len(idx), -1).sum(1), 1)
+                prob = 1.0 / (1.0 + np.exp(-m))
+                mask_scores[start : start + idx.size] = (prob * binary).reshape(
+                    len(idx), -1
+                ).sum(1) / area
 
-        scores = scores.float()
+        scores = scores.astype(np.float32)
         if self.score_with_mask:
             scores = scores * mask_scores
             if resort and n > 1:
-                order = scores.argsort(descending=True, stable=True)
+                order = np.argsort(-scores, kind="stable")
                 scores, labels = scores[order], labels[order]
                 sel_boxes, out_masks = sel_boxes[order], out_masks[order]
 
-        label_list = labels.tolist()
         return Instances(
             scores=scores,
-            labels=labels.long(),
-            boxes=sel_boxes,
+            labels=labels.astype(np.int64),
+            boxes=sel_boxes.astype(np.float32),
             masks=out_masks,
-            label_texts=[prompts[j] for j in label_list],
+            label_texts=[prompts[j] for j in labels.tolist()],
         )
 
 
@@ -266,12 +306,12 @@ def instances_to_coco(instances: Instances, image_id: int) -> list[dict[str, Any
     n = len(instances)
     if n == 0:
         return []
-    scores = instances.scores.detach().float().cpu().tolist()
-    labels = instances.labels.detach().cpu().tolist()
-    boxes = instances.boxes.detach().float().cpu()
-    xywh = torch.cat((boxes[:, :2], boxes[:, 2:] - boxes[:, :2]), dim=1).tolist()
+    scores = np.asarray(instances.scores, dtype=np.float32).tolist()
+    labels = np.asarray(instances.labels).tolist()
+    boxes = np.asarray(instances.boxes, dtype=np.float32)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).tolist()
     # [N,W,H] C-contiguous: each m[i].T is a Fortran-ordered [H,W] view (no copy in encode_rle)
-    masks = np.ascontiguousarray(instances.masks.detach().bool().cpu().numpy().transpose(0, 2, 1))
+    masks = np.ascontiguousarray(np.asarray(instances.masks, dtype=bool).transpose(0, 2, 1))
     return [
         {
             "image_id": int(image_id),

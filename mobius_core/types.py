@@ -142,20 +142,3 @@ class Target:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-
-@dataclass
-class Instances:
-    """Final instances of one image after post-processing, in original image pixels.
-
-    scores: [N] float; labels: [N] int64 prompt indices; boxes: [N,4] xyxy pixels;
-    masks: [N,H,W] bool; label_texts: the prompt text of each instance.
-    """
-
-    scores: Tensor
-    labels: Tensor
-    boxes: Tensor
-    masks: Tensor
-    label_texts: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])

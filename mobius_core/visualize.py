@@ -7,7 +7,7 @@ import colorsys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .types import Instances
+from .postprocess import Instances
 
 
 def palette(n: int) -> list[tuple[int, int, int]]:
@@ -29,7 +29,7 @@ def draw_instances(image: np.ndarray, instances: Instances, alpha: float = 0.45)
     out = image.astype(np.float32)
     n_colours = int(instances.labels.max()) + 1 if len(instances) else 1
     colours = np.asarray(palette(n_colours), dtype=np.float32)
-    masks = instances.masks.cpu().numpy().astype(bool) if len(instances) else []
+    masks = np.asarray(instances.masks, dtype=bool) if len(instances) else []
     for mask, label in zip(masks, instances.labels.tolist()):
         out[mask] = (1 - alpha) * out[mask] + alpha * colours[label]
     canvas = Image.fromarray(out.clip(0, 255).astype(np.uint8))

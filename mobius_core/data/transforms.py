@@ -1,4 +1,5 @@
-"""Resizing, flipping, padding and batching: one preprocessing for training and inference.
+"""Resizing, flipping, padding and batching: one preprocessing for training and inference
+(the image resize is :func:`mobius_core.imageops.resize_image`, which runtimes use too).
 
 A sample is resized so its short side is one of ``short_sides`` (long side at most
 ``max_size``), optionally flipped, and batched by padding to a multiple of 32 at the
@@ -17,14 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..box_ops import box_xyxy_to_cxcywh
+from ..imageops import resize_image, resized_size
 from ..types import Target
 from .coco import Sample
-
-
-def resized_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """(h, w) scaled so the short side is ``short`` and the long side at most ``max_size``."""
-    scale = min(short / min(h, w), max_size / max(h, w))
-    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 @dataclass
@@ -56,8 +52,7 @@ class ResizeFlip:
             int(rng.choice(self.short_sides)) if len(self.short_sides) > 1 else self.short_sides[0]
         )
         nh, nw = resized_size(h, w, short, self.max_size)
-        image = torch.from_numpy(np.array(sample.image)).permute(2, 0, 1).float() / 255
-        image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+        image = torch.from_numpy(resize_image(sample.image, (nh, nw)))  # the deployed resize
         scale = torch.tensor([nw / w, nh / h, nw / w, nh / h])
         keep = ~torch.from_numpy(sample.iscrowd)
         boxes = torch.from_numpy(sample.boxes)[keep] * scale

@@ -166,7 +166,7 @@ def evaluate_referring(
         (inst,) = post(out, "referring", [sample.image.shape[:2]], sizes, sentences)
         for k in range(len(sentences)):
             hit = (inst.labels == k).nonzero()
-            pred = inst.masks[int(hit[0])].numpy() if len(hit) else None
+            pred = inst.masks[int(hit[0][0])] if len(hit[0]) else None
             pairs.append((pred, gt))
     return refer_metrics(pairs) if pairs else {}
 
@@ -180,10 +180,10 @@ def _best_ious(inst, sample, same_label: bool = True) -> list[float]:
     gt_labels = torch.from_numpy(sample.labels)
     if len(gt_boxes) == 0:
         return [0.0] * len(inst)
-    iou, _ = box_iou(inst.boxes.float(), gt_boxes)
+    iou, _ = box_iou(torch.from_numpy(inst.boxes), gt_boxes)
     if not same_label:
         return iou.max(dim=1).values.tolist()
-    same = inst.labels[:, None] == gt_labels[None, :]
+    same = torch.from_numpy(inst.labels)[:, None] == gt_labels[None, :]
     return (iou * same).max(dim=1).values.tolist()
 
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..types import LayerPrediction
 from .heads import MaskHead, TextClassifier, inverse_sigmoid
+from .layers.attention import MultiheadAttention
 from .layers.mlp import FFN, MLP
 from .layers.ms_deform_attn import MSDeformAttn
 from .layers.position_encoding import box_sine_embedding
@@ -34,7 +35,7 @@ class DecoderLayer(nn.Module):
         dropout: float,
     ) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout, batch_first=True)
+        self.self_attn = MultiheadAttention(dim, num_heads, dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.cross_attn = MSDeformAttn(
             dim, n_levels=num_levels, n_heads=num_heads, n_points=num_points
@@ -123,6 +124,7 @@ class TransformerDecoder(nn.Module):
         prune: PruneSchedule | None = None,
         with_aux: bool = False,
         attn_mask: Tensor | None = None,
+        prompt_valid: Tensor | None = None,
     ) -> DecoderResult:
         """queries: [B,Q,C]; ref_boxes: [B,Q,4] cxcywh; memory: [B,S,C]; text: [K,C];
         mask_features: [B,C,H/4,W/4].
@@ -130,6 +132,7 @@ class TransformerDecoder(nn.Module):
         Returns final logits [B,Q',K], boxes [B,Q',4], masks [B,Q',H/4,W/4], valid [B,Q'],
         kept [B,L] and, with ``with_aux``, the predictions of layers 0..L-2.
         Pruning needs ``attn_mask`` to be None (denoising is a training-only path).
+        prompt_valid: optional [K] bool, False for padding prompts (never scored).
         """
         if prune is not None and attn_mask is not None:
             raise ValueError("query pruning cannot be combined with an attention mask")
@@ -147,7 +150,7 @@ class TransformerDecoder(nn.Module):
             tgt = layer(tgt, query_pos, ref, memory, shapes, valid, attn_mask)
             out = self.norm(tgt)
             new_ref = (self.box_head(out) + inverse_sigmoid(ref)).sigmoid()
-            logits = self.classifier(out, text)
+            logits = self.classifier(out, text, prompt_valid)
             if prune is not None and thresholds is not None:
                 confidence = logits.sigmoid().max(dim=-1).values  # [B,Q]
                 index, valid, count = select_kept(

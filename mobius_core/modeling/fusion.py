@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .layers.attention import MultiheadAttention
 from .layers.mlp import TokenGroupNorm
 
 
@@ -31,9 +32,8 @@ class TextTokens:
 
 def flatten_text_tokens(tokens: Tensor, mask: Tensor, batch: int) -> TextTokens:
     """tokens [K,T,C], mask [K,T] -> TextTokens with a batch axis ([B,K*T,C], [B,K*T])."""
-    k, t, c = tokens.shape
-    flat = tokens.reshape(1, k * t, c).expand(batch, -1, -1)  # [K,T,C] -> [B,KT,C]
-    flat_mask = mask.reshape(1, k * t).expand(batch, -1)  # [K,T] -> [B,KT]
+    flat = tokens.flatten(0, 1)[None].expand(batch, -1, -1)  # [K,T,C] -> [B,KT,C]
+    flat_mask = mask.flatten()[None].expand(batch, -1)  # [K,T] -> [B,KT]
     return TextTokens(flat, flat_mask)
 
 
@@ -44,13 +44,9 @@ class TextImageFusion(nn.Module):
         self, dim: int, num_heads: int, dropout: float = 0.0, update_text: bool = True
     ) -> None:
         super().__init__()
-        self.image_from_text = nn.MultiheadAttention(dim, num_heads, dropout, batch_first=True)
+        self.image_from_text = MultiheadAttention(dim, num_heads, dropout)
         self.image_norm = TokenGroupNorm(32, dim)
-        self.text_from_image = (
-            nn.MultiheadAttention(dim, num_heads, dropout, batch_first=True)
-            if update_text
-            else None
-        )
+        self.text_from_image = MultiheadAttention(dim, num_heads, dropout) if update_text else None
         self.text_norm = nn.LayerNorm(dim) if update_text else None
 
     def forward(

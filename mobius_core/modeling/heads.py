@@ -10,6 +10,8 @@ from torch import Tensor, nn
 
 from .layers.mlp import MLP
 
+INVALID_LOGIT = -1e4
+
 
 class TextClassifier(nn.Module):
     """Scores every query against every prompt embedding.
@@ -37,14 +39,21 @@ class TextClassifier(nn.Module):
         self.logit_scale_max = float(logit_scale_max)
         self.bias = nn.Parameter(torch.tensor(-math.log((1 - prior_prob) / prior_prob)))
 
-    def forward(self, queries: Tensor, text: Tensor) -> Tensor:
-        """queries: [B,Q,C], text: [K,C] pooled prompt embeddings -> logits [B,Q,K]."""
+    def forward(self, queries: Tensor, text: Tensor, prompt_valid: Tensor | None = None) -> Tensor:
+        """queries: [B,Q,C], text: [K,C] pooled prompt embeddings -> logits [B,Q,K].
+
+        prompt_valid: optional [K] bool; padding prompts (False) get logit -1e4 (score 0),
+        a value float16 engines still represent."""
         q = self.proj(queries)
         if self.kind == "cosine":
             scale = self.logit_scale.clamp(max=self.logit_scale_max).exp()
             sim = torch.einsum("bqc,kc->bqk", F.normalize(q, dim=-1), F.normalize(text, dim=-1))
-            return scale * sim + self.bias
-        return torch.einsum("bqc,kc->bqk", q, text) / math.sqrt(q.shape[-1]) + self.bias
+            logits = scale * sim + self.bias
+        else:
+            logits = torch.einsum("bqc,kc->bqk", q, text) / math.sqrt(q.shape[-1]) + self.bias
+        if prompt_valid is not None:
+            logits = torch.where(prompt_valid, logits, torch.full_like(logits, INVALID_LOGIT))
+        return logits
 
 
 class MaskHead(nn.Module):

@@ -99,13 +99,15 @@ class Mobius(nn.Module):
         prune: PruneSchedule | None = None,
         with_aux: bool | None = None,
         targets: list[Target] | None = None,
+        prompt_valid: Tensor | None = None,
     ) -> ModelOutput:
         """images: [B,3,H,W] normalised (H, W multiples of 32); text: K prompts.
 
         prune: a pruning schedule (ignored in training mode); with_aux: also return the
         per-layer predictions (default: in training mode); targets: in training mode, the
         ground truth that the denoising queries are built from (see
-        :meth:`configure_training_queries`). -> ModelOutput with Q' queries.
+        :meth:`configure_training_queries`); prompt_valid: optional [K] bool, False for
+        padding prompts (exported graphs pad K). -> ModelOutput with Q' queries.
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B,3,H,W], got {tuple(images.shape)}")
@@ -124,7 +126,9 @@ class Mobius(nn.Module):
         memory = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)  # -> [B,S,C]
         training_queries = self.training and targets is not None
         hybrid = self.hybrid_queries if training_queries else 0
-        selection = self.query_selection(memory, shapes, z_text, extra=hybrid)
+        selection = self.query_selection(
+            memory, shapes, z_text, extra=hybrid, prompt_valid=prompt_valid
+        )
         if not training_queries or (self.dn_number == 0 and hybrid == 0):
             result = self.decoder(
                 selection.queries,
@@ -135,6 +139,7 @@ class Mobius(nn.Module):
                 pix.mask_features,
                 prune=prune,
                 with_aux=with_aux,
+                prompt_valid=prompt_valid,
             )
             return ModelOutput(
                 logits=result.logits,

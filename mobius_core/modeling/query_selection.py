@@ -41,7 +41,12 @@ class LanguageGuidedQuerySelection(nn.Module):
         self.box_head = MLP(dim, dim, 4, 3)
 
     def forward(
-        self, memory: Tensor, shapes: list[tuple[int, int]], text: Tensor, extra: int = 0
+        self,
+        memory: Tensor,
+        shapes: list[tuple[int, int]],
+        text: Tensor,
+        extra: int = 0,
+        prompt_valid: Tensor | None = None,
     ) -> QuerySelection:
         """memory: [B,S,C] tokens of the decoded levels; text: [K,C] -> QuerySelection (Q = K_top).
 
@@ -49,7 +54,7 @@ class LanguageGuidedQuerySelection(nn.Module):
         queries) come after the ``num_queries`` best, which are what inference selects.
         """
         feats = self.enc_norm(self.enc_output(memory))  # [B,S,C]
-        logits = self.classifier(feats, text)  # [B,S,K]  (Eq. 3)
+        logits = self.classifier(feats, text, prompt_valid)  # [B,S,K]  (Eq. 3)
         confidence = logits.max(dim=-1).values  # [B,S]   (Eq. 2a, before the sigmoid)
         anchors = inverse_sigmoid(anchor_boxes(shapes, memory))  # [S,4]
         box_logits = self.box_head(feats) + anchors  # [B,S,4] (Eq. 2b)

@@ -379,15 +379,27 @@ class MiniLMTextEncoder(TextEncoder):
     def token_count(self, prompt: str) -> int:
         return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
+    def tokenize(self, prompts: list[str]) -> dict[str, Any]:
+        """input_ids and attention_mask [K,T] int64 numpy arrays (padded to the longest)."""
+        batch = self.tokenizer(prompts, padding=True, return_tensors="np")
+        return {k: batch[k].astype("int64") for k in ("input_ids", "attention_mask")}
+
     def embed(self, prompts: list[str]) -> TextEmbeddings:
-        batch = self.tokenizer(prompts, padding=True, return_tensors="pt")
+        batch = self.tokenize(prompts)
         device = self.device
-        ids = batch["input_ids"].to(device)  # [K,T]
-        mask = batch["attention_mask"].to(device).bool()  # [K,T]
-        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        tokens = hidden * mask[..., None].to(hidden.dtype)  # [K,T,C]
-        pooled = tokens.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(hidden.dtype)
-        return TextEmbeddings(tokens, mask, F.normalize(pooled, dim=-1), tuple(prompts))
+        ids = torch.from_numpy(batch["input_ids"]).to(device)  # [K,T]
+        mask = torch.from_numpy(batch["attention_mask"]).to(device)  # [K,T]
+        tokens, pooled = self.embed_ids(ids, mask)
+        return TextEmbeddings(tokens, mask.bool(), pooled, tuple(prompts))
+
+    def embed_ids(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Token ids [K,T] and their int64 mask -> (tokens [K,T,C] zero at padding, pooled
+        [K,C] masked mean, L2-normalised). The exported text graph is exactly this."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask[..., None].to(hidden.dtype)
+        tokens = hidden * mask  # [K,T,C]
+        pooled = tokens.sum(1) / mask.sum(1).clamp(min=1)
+        return tokens, F.normalize(pooled, dim=-1)
 
 
 _warned_random: set[str] = set()

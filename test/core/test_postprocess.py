@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mobius_core.postprocess import TASKS, PostProcessor, instances_to_coco
+from mobius_core.postprocess import TASKS, Instances, PostProcessor, instances_to_coco
 from mobius_core.rle import decode_rle
-from mobius_core.types import Instances, ModelOutput
+from mobius_core.types import ModelOutput
 
 PAD = (64, 64)  # padded network input (H, W); masks at stride 4 are 16x16
 
@@ -72,10 +72,10 @@ def test_category_pairs_sorted_thresholded_and_valid_only():
         (0, "cat", 0.5),
         (2, "bird", 0.35),
     ]
-    assert inst.labels.dtype == torch.int64
-    assert inst.scores.dtype == torch.float32
+    assert inst.labels.dtype == np.int64
+    assert inst.scores.dtype == np.float32
     assert inst.boxes.shape == (5, 4) and inst.masks.shape == (5, 64, 64)
-    assert inst.masks.dtype == torch.bool
+    assert inst.masks.dtype == bool
     assert len(inst) == 5
 
 
@@ -84,7 +84,7 @@ def test_category_query_identity_via_boxes():
     # give each query a distinct box so the instance -> query mapping is visible
     out.boxes[0] = torch.tensor([[0.1 * (i + 1), 0.5, 0.1, 0.1] for i in range(4)])
     (inst,) = PostProcessor(score_threshold=0.3)(out, "category", [(64, 64)], [(64, 64)], PROMPTS)
-    centres = ((inst.boxes[:, 0] + inst.boxes[:, 2]) / 2 / 64 / 0.1 - 1).round().long()
+    centres = ((inst.boxes[:, 0] + inst.boxes[:, 2]) / 2 / 64 / 0.1 - 1).round().astype(int)
     assert centres.tolist() == [0, 1, 1, 2, 0]
 
 
@@ -132,7 +132,7 @@ def test_referring_picks_argmax_valid_query_per_prompt():
         out, "referring", [(64, 64)], [(64, 64)], PROMPTS
     )
     assert _pairs(inst) == [(0, "cat", 0.9), (1, "dog", 0.8), (2, "bird", 0.6)]
-    centres = ((inst.boxes[:, 0] + inst.boxes[:, 2]) / 2 / 64 / 0.1 - 1).round().long()
+    centres = ((inst.boxes[:, 0] + inst.boxes[:, 2]) / 2 / 64 / 0.1 - 1).round().astype(int)
     assert centres.tolist() == [0, 1, 1]  # queries 0, 1, 1 (query 3 is invalid)
 
     out.query_valid[:] = False
@@ -167,14 +167,14 @@ def test_boxes_scaled_to_original_with_padding():
     assert len(inst) == 1  # referring: one per prompt
     (inst,) = PostProcessor(score_threshold=0.5)(out, "category", [(200, 100)], [(64, 32)], ("a",))
     order = inst.boxes[:, 0].argsort()  # scores tie; compare as a set ordered by x0
-    expected = torch.tensor(
+    expected = np.array(
         [
             [0.0, 0.0, 100.0, 200.0],
             [12.5, 25.0, 37.5, 75.0],
             [50.0, 50.0, 100.0, 150.0],
         ]
     )
-    torch.testing.assert_close(inst.boxes[order], expected)
+    np.testing.assert_allclose(inst.boxes[order], expected, rtol=1e-6, atol=1e-4)
     assert inst.masks.shape == (3, 200, 100)
 
 
@@ -190,12 +190,12 @@ def test_mask_cropped_and_resized_to_original():
     out = _output(torch.tensor([[[3.0], [2.0], [1.0]]]), masks=masks)
     (inst,) = PostProcessor()(out, "category", [(200, 100)], [(64, 32)], ("a",))
     assert inst.masks.shape == (3, 200, 100)
-    top = torch.zeros(200, 100, dtype=torch.bool)
+    top = np.zeros((200, 100), dtype=bool)
     top[:100] = True
-    right = torch.zeros(200, 100, dtype=torch.bool)
+    right = np.zeros((200, 100), dtype=bool)
     right[:, 50:] = True
-    assert torch.equal(inst.masks[0], top)
-    assert torch.equal(inst.masks[1], right)
+    assert np.array_equal(inst.masks[0], top)
+    assert np.array_equal(inst.masks[1], right)
     # bilinear interpolation rounds the inner corner of the quadrant by a few pixels
     quadrant = inst.masks[2]
     assert not quadrant[100:].any() and not quadrant[:, 50:].any()
@@ -240,11 +240,11 @@ def test_score_with_mask_rescales_and_resorts():
         ],
         reverse=True,
     )
-    torch.testing.assert_close(inst.scores, torch.tensor(expected))
+    np.testing.assert_allclose(inst.scores, np.array(expected, dtype=np.float32), rtol=1e-5)
     assert inst.masks[:2].all() and not inst.masks[2].any()
 
     (plain,) = PostProcessor(score_threshold=0.0)(out, "category", [(64, 64)], [(64, 64)], ("a",))
-    torch.testing.assert_close(plain.scores, sig(torch.tensor([3.0, 2.0, 1.0])))
+    np.testing.assert_allclose(plain.scores, sig(torch.tensor([3.0, 2.0, 1.0])).numpy(), rtol=1e-6)
 
 
 def test_errors():
@@ -276,16 +276,16 @@ def test_instances_to_coco_format():
         assert isinstance(det["score"], float)
         seg = det["segmentation"]
         assert seg["size"] == [200, 100] and isinstance(seg["counts"], str)
-        assert np.array_equal(decode_rle(seg), mask.numpy())
-        ref = mask_api.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
+        assert np.array_equal(decode_rle(seg), mask)
+        ref = mask_api.encode(np.asfortranarray(mask.astype(np.uint8)))
         assert seg["counts"] == ref["counts"].decode("ascii")
     assert dets[0]["score"] == pytest.approx(float(torch.sigmoid(torch.tensor(3.0))))
     assert dets[0]["bbox"] == pytest.approx([12.5, 25.0, 25.0, 50.0])
     assert dets[1]["bbox"] == pytest.approx([0.0, 0.0, 100.0, 200.0])
     empty = Instances(
-        scores=torch.zeros(0),
-        labels=torch.zeros(0, dtype=torch.long),
-        boxes=torch.zeros(0, 4),
-        masks=torch.zeros(0, 5, 5, dtype=torch.bool),
+        scores=np.zeros(0, np.float32),
+        labels=np.zeros(0, np.int64),
+        boxes=np.zeros((0, 4), np.float32),
+        masks=np.zeros((0, 5, 5), dtype=bool),
     )
     assert instances_to_coco(empty, 1) == []

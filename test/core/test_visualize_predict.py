@@ -6,20 +6,19 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from mobius_core.cli import main
-from mobius_core.types import Instances
+from mobius_core.postprocess import Instances
 from mobius_core.visualize import draw_instances, palette
 
 
 def test_draw_instances_colours_masks_and_boxes():
     image = np.zeros((40, 50, 3), dtype=np.uint8)
-    mask = torch.zeros(1, 40, 50, dtype=torch.bool)
+    mask = np.zeros((1, 40, 50), dtype=bool)
     mask[0, 10:20, 10:30] = True
     inst = Instances(
-        torch.tensor([0.9]), torch.tensor([0]), torch.tensor([[10.0, 10.0, 30.0, 20.0]]), mask,
+        np.array([0.9], np.float32), np.array([0]), np.array([[10.0, 10.0, 30.0, 20.0]]), mask,
         ["red circle"],
     )  # fmt: skip
     out = draw_instances(image, inst)

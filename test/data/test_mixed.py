@@ -165,7 +165,7 @@ def test_trainer_batches_from_mixed_sources(split, tmp_path, random_text_encoder
     trainer = Trainer(cfg, build_model(cfg, random_text_encoder), mixed, tmp_path, progress=False)
     kinds = set()
     for step in range(12):
-        images, targets, _, prompts = trainer.batch(step)
+        _, targets, _, prompts = trainer.batch(step)
         k = mixed.source_of(step, cfg.train.seed)
         kinds.add(k)
         if k == 0:  # box-only category batch: the category names, no masks

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ...types import BackboneFeatures, PixelDecoderOutput
 from ..feature_projection import InputProjection, MaskFeatures, unflatten_tokens
 from ..fusion import TextImageFusion, TextTokens
+from ..layers.attention import MultiheadAttention
 from ..layers.mlp import FFN
 from ..layers.position_encoding import sine_position_embedding
 
@@ -58,7 +59,7 @@ class AIFILayer(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout, batch_first=True)
+        self.self_attn = MultiheadAttention(dim, num_heads, dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.ffn = FFN(dim, ffn_dim, dropout)
         self.norm2 = nn.LayerNorm(dim)

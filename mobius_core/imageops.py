@@ -1,0 +1,94 @@
+"""Image geometry in NumPy: the one resize / pad used by training, evaluation, every runtime
+backend and the ROS node (no torch, so a deployed node can run without it).
+
+Bilinear resizing is separable: ``out = Wy @ x @ Wx.T`` with interpolation matrices built
+like PyTorch's ``interpolate(mode="bilinear", align_corners=False, antialias=False)``
+(half-pixel centres, source index clamped at 0), so results match it to float rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+
+SIZE_DIVISOR = 32
+
+
+def resized_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """(h, w) scaled so the short side is ``short`` and the long side at most ``max_size``."""
+    scale = min(short / min(h, w), max_size / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+@lru_cache(maxsize=64)
+def _weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] float32 bilinear interpolation matrix (align_corners=False)."""
+    scale = n_in / n_out
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    frac = src - i0
+    w = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    np.add.at(w, (rows, i0), 1.0 - frac)
+    np.add.at(w, (rows, i1), frac)
+    out = w.astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """The (cached, read-only) [n_out, n_in] matrix that resizes one axis bilinearly."""
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"sizes must be >= 1, got {n_in} -> {n_out}")
+    return _weights(int(n_in), int(n_out))
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """maps [..., h, w] float -> [..., H, W] float32, bilinear."""
+    h, w = maps.shape[-2:]
+    wy = bilinear_weights(h, size[0])  # [H,h]
+    wx = bilinear_weights(w, size[1])  # [W,w]
+    return np.matmul(np.matmul(wy, maps.astype(np.float32, copy=False)), wx.T)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """image [h,w,3] uint8 (or float in [0,1]) -> [3,H,W] float32 in [0,1], bilinear."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be [H,W,3], got shape {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image is empty: shape {image.shape}")
+    chw = np.ascontiguousarray(np.moveaxis(image, 2, 0), dtype=np.float32)
+    if image.dtype == np.uint8:
+        chw /= 255.0
+    if chw.shape[1:] == tuple(size):
+        return chw
+    return resize_maps(chw, size)
+
+
+def padded_size(h: int, w: int, divisor: int = SIZE_DIVISOR) -> tuple[int, int]:
+    return -(-h // divisor) * divisor, -(-w // divisor) * divisor
+
+
+def preprocess(
+    images: Sequence[np.ndarray], short_side: int, max_size: int = 1333
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Images [H,W,3] uint8 RGB -> (batch [B,3,Hp,Wp] float32 in [0,1], zero-padded at the
+    bottom/right to multiples of 32; each image's resized (h, w) inside the batch)."""
+    if not images:
+        raise ValueError("preprocess needs at least one image")
+    resized, sizes = [], []
+    for image in images:
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+            shape = getattr(image, "shape", type(image).__name__)
+            raise ValueError(f"an image must be an [H,W,3] RGB array, got {shape}")
+        size = resized_size(image.shape[0], image.shape[1], short_side, max_size)
+        resized.append(resize_image(image, size))
+        sizes.append(size)
+    hp, wp = padded_size(max(s[0] for s in sizes), max(s[1] for s in sizes))
+    batch = np.zeros((len(images), 3, hp, wp), dtype=np.float32)
+    for i, (r, (h, w)) in enumerate(zip(resized, sizes)):
+        batch[i, :, :h, :w] = r
+    return batch, sizes
