@@ -1,0 +1,45 @@
+"""NumPy resize/pad: equal to torch's bilinear interpolate, the geometry every backend uses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mobius_core.imageops import bilinear_weights, preprocess, resize_image, resize_maps
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [((37, 53), (64, 96)), ((80, 80), (20, 31)), ((5, 7), (5, 7))]
+)
+def test_resize_matches_torch_interpolate(src, dst):
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(3, *src)).astype(np.float32)
+    ours = resize_maps(maps, dst)
+    ref = F.interpolate(
+        torch.from_numpy(maps)[None], size=dst, mode="bilinear", align_corners=False
+    )
+    np.testing.assert_allclose(ours, ref[0].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_weights_rows_sum_to_one_and_are_cached():
+    w = bilinear_weights(10, 23)
+    assert w.shape == (23, 10) and np.allclose(w.sum(1), 1.0)
+    assert bilinear_weights(10, 23) is w and not w.flags.writeable
+    with pytest.raises(ValueError, match=">= 1"):
+        bilinear_weights(0, 4)
+
+
+def test_preprocess_resizes_pads_and_reports_sizes():
+    a = np.full((100, 200, 3), 255, dtype=np.uint8)
+    b = np.zeros((50, 40, 3), dtype=np.uint8)
+    batch, sizes = preprocess([a, b], short_side=64, max_size=100)
+    assert sizes == [(50, 100), (80, 64)]  # short side 64, long side at most 100
+    assert batch.shape == (2, 3, 96, 128) and batch.dtype == np.float32
+    assert batch[0, :, :50, :100].min() == pytest.approx(1.0) and batch[0, :, 50:].max() == 0.0
+    np.testing.assert_array_equal(resize_image(a, (50, 100)), batch[0, :, :50, :100])
+    with pytest.raises(ValueError, match=r"\[H,W,3\]"):
+        preprocess([np.zeros((10, 10), np.uint8)], 32)
+    with pytest.raises(ValueError, match="at least one"):
+        preprocess([], 32)
