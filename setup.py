@@ -29,6 +29,7 @@ setup(
         "mobius_core.training",
         "mobius_core.data",
         "mobius_core.evaluation",
+        "mobius_core.export",
         "mobius_ros",
     ],
     package_data={"mobius_core": ["zoo/*.yaml", "weights/*.pt"]},

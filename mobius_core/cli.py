@@ -80,6 +80,20 @@ def _cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="shapes_tiny", help="zoo name or YAML (default shapes_tiny)")
+    add_set_argument(p)
+    p.add_argument("--checkpoint", help="torch backend: a checkpoint (default: the shipped one)")
+    p.add_argument("--backend", default="torch", help="torch (default), ort or trt")
+    p.add_argument("--model", help="ort: the .onnx from `mobius export`; trt: the engine")
+    p.add_argument(
+        "--text-model", help="ort/trt: the text graph from `mobius export --text-encoder`"
+    )
+    p.add_argument("--embeddings", help="ort/trt: prompt embeddings from `mobius embed`")
+    p.add_argument("--size", type=int, help="short side (default: the model's input size)")
+    p.add_argument("--no-prune", action="store_true", help="run every query through every layer")
+
+
 def _add_data_args(p: argparse.ArgumentParser, default_images: int) -> None:
     p.add_argument("--data", help="COCO-format annotation json")
     p.add_argument("--images", help="folder of the images named in --data")
@@ -205,34 +219,79 @@ def _cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
+def _read_image(path: str):
     import numpy as np
-    import torch
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, FileNotFoundError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from exc
+
+
+def _segmenter(args: argparse.Namespace, cfg, threshold: float = 0.3):
+    """A Segmenter for --backend (torch: the config's model; ort/trt: --model), its text
+    source (--embeddings, --text-model, or the config's text encoder) and pruning."""
+    from .export import io_spec
+    from .export.runtime import (
+        FileTextSource,
+        OnnxTextSource,
+        Segmenter,
+        TorchBackend,
+        TorchTextSource,
+        backend_name,
+        load_backend,
+    )
+    from .postprocess import PostProcessor
+
+    name = backend_name(args.backend)
+    p = cfg.model.pruning
+    prune = {"prune_low": p.low, "prune_high": p.high, "prune_beta": p.beta}
+    min_keep = p.min_keep
+    pad_to, size, max_size = None, args.size or cfg.model.input_size, 1333
+    if name == "torch":
+        model = _load_model(cfg, args.checkpoint, args.overrides)
+        backend = TorchBackend(model, p.schedule)
+        text = TorchTextSource(model.text_encoder)
+    else:
+        if not args.model:
+            raise ValueError(f"--backend {args.backend} needs --model (from `mobius export`)")
+        backend = load_backend(name, args.model)
+        meta = getattr(backend, "meta", {})
+        if io_spec.META_DEFAULT_PRUNING in meta:
+            d = json.loads(meta[io_spec.META_DEFAULT_PRUNING])
+            prune = {k: d[k] for k in ("prune_low", "prune_high", "prune_beta")}
+            min_keep = d["min_keep"]
+        fixed = getattr(backend, "fixed_hw", None)
+        if fixed:
+            pad_to, size, max_size = fixed, min(fixed), max(fixed)
+        if args.embeddings:
+            text = FileTextSource(args.embeddings)
+        elif args.text_model:
+            text = OnnxTextSource(args.text_model)
+        else:
+            from .build import build_text_encoder_from_config
+
+            text = TorchTextSource(build_text_encoder_from_config(cfg.model))
+    if getattr(args, "no_prune", False):
+        prune = None
+    post = PostProcessor(score_threshold=threshold)
+    return Segmenter(backend, text, size, max_size, post, prune, min_keep, pad_to)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .atomic import atomic_write_bytes
-    from .data.coco import Sample
-    from .data.transforms import ResizeFlip, collate
-    from .postprocess import PostProcessor
     from .visualize import draw_instances
 
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
     cfg = load_config(args.config, parse_set_args(args.overrides))
-    try:
-        with Image.open(args.image) as im:
-            image = np.asarray(im.convert("RGB"))
-    except (OSError, FileNotFoundError) as exc:
-        raise ValueError(f"cannot read image {args.image}: {exc}") from exc
-    model = _load_model(cfg, args.checkpoint, args.overrides)
-    text = model.encode_text(prompts)
-    empty = np.zeros((0, 4), dtype=np.float32)
-    sample = Sample(image, empty, np.zeros(0, np.int64), None, np.zeros(0, bool), 0, args.image)
-    size = args.size or cfg.model.input_size
-    images, _, sizes = collate([ResizeFlip((size,), 1333, 0.0)(sample)])
-    with torch.no_grad():
-        out = model(model.normalize(images), text)
-    post = PostProcessor(score_threshold=args.threshold)
-    (inst,) = post(out, args.task, [image.shape[:2]], sizes, tuple(text.prompts))
+    image = _read_image(args.image)
+    seg = _segmenter(args, cfg, args.threshold)
+    seg.set_prompts(prompts, args.task)
+    (inst,) = seg([image])
     if args.out:
         buf = io.BytesIO()
         Image.fromarray(draw_instances(image, inst)).save(buf, format="PNG")
@@ -246,6 +305,121 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(rows))
     else:
         print(f"{len(inst)} instances" + (f"; overlay written to {args.out}" if args.out else ""))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import io_spec
+    from .export.onnx import export_image_graph, export_text_graph
+
+    cfg = load_config(args.config, parse_set_args(args.overrides))
+    model = _load_model(cfg, args.checkpoint, args.overrides)
+    size = args.size or cfg.model.input_size
+    p = cfg.model.pruning
+    meta = {
+        io_spec.META_CONFIG: cfg.name,
+        io_spec.META_DEFAULT_PRUNING: json.dumps(
+            {
+                "prune_low": p.low,
+                "prune_high": p.high,
+                "prune_beta": p.beta,
+                "min_keep": p.min_keep,
+            }
+        ),
+    }
+    path = export_image_graph(
+        model, args.out, (size, size), meta, p.schedule, args.opset, args.dynamic_hw
+    )
+    print(f"image graph: {path} ({path.stat().st_size / 1e6:.1f} MB, input {size}x{size}"
+          f"{', dynamic H/W' if args.dynamic_hw else ''})")  # fmt: skip
+    if args.text_encoder:
+        text = export_text_graph(model.text_encoder, args.text_encoder, args.opset)
+        print(f"text graph: {text} ({text.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from .build import build_text_encoder_from_config
+    from .export.runtime import TorchTextSource
+
+    cfg = load_config(args.config, parse_set_args(args.overrides))
+    prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
+    arrays = TorchTextSource(build_text_encoder_from_config(cfg.model)).encode(prompts)
+    path = arrays.save(args.out)
+    print(f"{path}: {len(arrays.prompts)} prompts, {arrays.dim}-d")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .data.synthetic import cached_split
+    from .export.bench import benchmark, format_table
+    from .vocab import prompt_set
+
+    cfg = load_config(args.config, parse_set_args(args.overrides))
+    names = prompt_set(args.prompts)
+    if args.model and args.backend in ("torch", "pytorch"):
+        raise ValueError("--backend torch runs the --config model; --model is for ort/trt")
+    setups = {}
+    first = _segmenter(args, cfg, threshold=0.3)
+    first.set_prompts(names)
+    label = f"{args.backend}:{args.model or cfg.name}"
+    if args.compare_prune:
+        second = _segmenter(args, cfg, threshold=0.3)
+        second.set_prompts(names)
+        second.prune = _parse_prune(args.compare_prune)
+        setups[f"{label} pruning {_describe(first.prune)}"] = first
+        setups[f"{label} pruning {_describe(second.prune)}"] = second
+    elif args.compare:
+        other = argparse.Namespace(**{**vars(args), "model": args.compare})
+        second = _segmenter(other, cfg, threshold=0.3)
+        second.set_prompts(names)
+        setups[label] = first
+        setups[f"{args.backend}:{args.compare}"] = second
+    else:
+        setups[label] = first
+    data = cached_split("val", 20, 0)
+    images = [_read_image(str(data.image_dir / info["file_name"])) for info in data.images]
+    rows, peak = benchmark(setups, images, args.frames, args.warmup, progress=not args.json)
+    if args.json:
+        print(json.dumps({"rows": [r.as_dict() for r in rows], "peak_rss_mb": round(peak, 1)}))
+    else:
+        print(f"{len(names)} prompts, synthetic val images, {args.frames} frames per setup")
+        print(format_table(rows, peak))
+    return 0
+
+
+def _parse_prune(text: str):
+    if text == "off":
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise ValueError(f"pruning setting {text!r}: give LOW,HIGH (e.g. 0.05,0.2) or off") from exc
+    return {"prune_low": low, "prune_high": high, "prune_beta": 1.0}
+
+
+def _describe(prune) -> str:
+    return "off" if prune is None else f"{prune['prune_low']:g}-{prune['prune_high']:g}"
+
+
+def _cmd_build_engine(args: argparse.Namespace) -> int:
+    from .export import io_spec
+    from .export.tensorrt import build_engine, choose_profile
+
+    meta = io_spec.read_metadata(args.model)
+    input_hw = tuple(json.loads(meta[io_spec.META_INPUT_SIZE]))
+    profile = choose_profile(input_hw, args.prompts, args.max_prompts, max_batch=args.max_batch)
+    text = None
+    if args.precision == "int8":
+        from .build import build_text_encoder_from_config
+        from .export.runtime import TorchTextSource
+
+        cfg = load_config(meta.get(io_spec.META_CONFIG, "shapes_tiny"))
+        names = [p.strip() for p in args.calib_prompts.split(",") if p.strip()]
+        text = TorchTextSource(build_text_encoder_from_config(cfg.model)).encode(names)
+    path = build_engine(args.model, args.cache_dir, args.precision, profile, args.calib_images,
+                        args.dla_core, args.workspace_gb, args.force, text)  # fmt: skip
+    print(f"engine: {path}")
     return 0
 
 
@@ -335,17 +509,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment one image and draw the result")
     p.add_argument("image", help="an image file (PNG, JPEG, ...)")
     p.add_argument("--prompts", required=True, help='comma-separated prompts, e.g. "person,car"')
-    p.add_argument("--config", default="shapes_tiny", help="zoo name or YAML (default shapes_tiny)")
-    add_set_argument(p)
-    p.add_argument("--checkpoint", help="a checkpoint written by `mobius train`")
+    _add_runtime_args(p)
     p.add_argument("--task", default="category", choices=("category", "agnostic", "referring"))
-    p.add_argument(
-        "--size", type=int, help="short side at inference (default: the config's model.input_size)"
-    )
     p.add_argument("--threshold", type=float, default=0.3, help="score threshold (default 0.3)")
     p.add_argument("--out", help="write the overlay PNG here")
     p.add_argument("--json", action="store_true", help="print the instances as JSON")
     p.set_defaults(func=_cmd_predict)
+    p = sub.add_parser("export", help="export the image graph (and text encoder) to ONNX")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", help="default: the checkpoint shipped for the config")
+    p.add_argument("--size", type=int, help="input size (default: the config's model.input_size)")
+    p.add_argument("--out", required=True, help="the image graph .onnx")
+    p.add_argument("--text-encoder", help="also write the text encoder graph here (.onnx)")
+    p.add_argument("--dynamic-hw", action="store_true", help="dynamic input height/width")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(func=_cmd_export)
+    p = sub.add_parser("embed", help="write prompt embeddings for a torch-free runtime (.npz)")
+    _add_config_args(p)
+    p.add_argument("--prompts", required=True, help="comma-separated prompts")
+    p.add_argument("--out", required=True, help="the .npz to write")
+    p.set_defaults(func=_cmd_embed)
+    p = sub.add_parser("bench", help="latency per stage (p50/p95), FPS, memory, kept queries")
+    _add_runtime_args(p)
+    p.add_argument("--prompts", type=int, default=80, help="number of prompts (default 80)")
+    p.add_argument("--frames", type=int, default=30, help="timed frames per setup (default 30)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed frames first (default 3)")
+    p.add_argument("--compare", help="a second model (.onnx/.engine) timed side by side")
+    p.add_argument("--compare-prune", help="a second pruning setting LOW,HIGH or off, side by side")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("build-engine", help="build (or reuse) a TensorRT engine from an ONNX graph")
+    p.add_argument("model", help="the image graph from `mobius export`")
+    p.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--cache-dir", default="engines", help="engine cache folder (default engines/)")
+    p.add_argument("--prompts", type=int, default=16, help="prompt count to optimise for")
+    p.add_argument("--max-prompts", type=int, default=256, help="largest prompt count (profile)")
+    p.add_argument("--max-batch", type=int, default=1, help="largest batch (profile)")
+    p.add_argument("--calib-images", help="INT8: a folder of representative images")
+    p.add_argument("--calib-prompts", default="object", help="INT8: prompts used while calibrating")
+    p.add_argument("--dla-core", type=int, default=-1, help="run on this DLA core (Jetson)")
+    p.add_argument("--workspace-gb", type=float, default=2.0, help="builder workspace (GB)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the cached engine fits")
+    p.set_defaults(func=_cmd_build_engine)
     p = sub.add_parser("release", help="strip a training checkpoint down to inference weights")
     p.add_argument("checkpoint", help="a checkpoint written by `mobius train`")
     p.add_argument("--out", required=True, help="where to write the release checkpoint")

@@ -1,0 +1,1 @@
+"""Export to ONNX / TensorRT and the runtime backends (contract: io_spec)."""

@@ -1,0 +1,175 @@
+"""The one I/O contract of the exported image-side graph (and of the text-encoder graph).
+
+The ONNX exporter, the TensorRT engine builder, every runtime backend and the ROS node read
+names, dtypes and axes from here. Prompts and the pruning schedule are *inputs*: a robot
+changes what it looks for, or how hard it prunes, without re-exporting or rebuilding.
+
+Image graph
+-----------
+inputs
+  image            float32 [B,3,H,W]  RGB in [0,1], resized and padded (bottom/right) to
+                                       multiples of 32 by :mod:`mobius_core.export.preprocess`;
+                                       normalisation happens inside the graph
+  text_tokens      float32 [K,T,Ct]   prompt token embeddings (padding rows zero)
+  text_token_mask  bool    [K,T]      True where a token is real
+  text_pooled      float32 [K,Ct]     pooled prompt embeddings
+  prompt_valid     bool    [K]        False for padding prompts (their scores are 0)
+  prune_low        float32 [1]        b_low of the schedule
+  prune_high       float32 [1]        b_high (low = high = 0 turns pruning off)
+  prune_beta       float32 [1]        steepness
+  min_keep         int64   [1]        the least number of queries an image keeps
+outputs
+  prompt_scores    float32 [B,Q',K]   sigmoid class score of every (query, prompt) pair
+  scores           float32 [B,Q']     best prompt score per query
+  labels           int64   [B,Q']     best prompt index per query
+  boxes            float32 [B,Q',4]   normalised cxcywh of the padded input
+  masks            float32 [B,Q',H/4,W/4]  mask logits at stride 4
+  query_valid      bool    [B,Q']     False for padding slots of images that kept fewer
+  kept             int64   [B,L]      queries kept after each decoder layer
+
+Text graph (``--text-encoder``)
+-------------------------------
+inputs   input_ids [K,T] int64, attention_mask [K,T] int64 (from the encoder's tokenizer)
+outputs  text_tokens [K,T,Ct], text_pooled [K,Ct]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("float32", "int64", "bool")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, dtype and shape (ints are fixed, strings are
+    named dynamic axes, shared by name across tensors)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+    doc: str = ""
+
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+
+IMAGE_INPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("image", "float32", ("batch", 3, "height", "width"), "RGB in [0,1], padded"),
+    TensorSpec("text_tokens", "float32", ("prompts", "tokens", "text_dim")),
+    TensorSpec("text_token_mask", "bool", ("prompts", "tokens")),
+    TensorSpec("text_pooled", "float32", ("prompts", "text_dim")),
+    TensorSpec("prompt_valid", "bool", ("prompts",)),
+    TensorSpec("prune_low", "float32", (1,)),
+    TensorSpec("prune_high", "float32", (1,)),
+    TensorSpec("prune_beta", "float32", (1,)),
+    TensorSpec("min_keep", "int64", (1,)),
+)
+
+IMAGE_OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("prompt_scores", "float32", ("batch", "kept_queries", "prompts")),
+    TensorSpec("scores", "float32", ("batch", "kept_queries")),
+    TensorSpec("labels", "int64", ("batch", "kept_queries")),
+    TensorSpec("boxes", "float32", ("batch", "kept_queries", 4)),
+    TensorSpec("masks", "float32", ("batch", "kept_queries", "mask_height", "mask_width")),
+    TensorSpec("query_valid", "bool", ("batch", "kept_queries")),
+    TensorSpec("kept", "int64", ("batch", "layers")),
+)
+
+TEXT_INPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("input_ids", "int64", ("prompts", "tokens")),
+    TensorSpec("attention_mask", "int64", ("prompts", "tokens")),
+)
+
+TEXT_OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("text_tokens", "float32", ("prompts", "tokens", "text_dim")),
+    TensorSpec("text_pooled", "float32", ("prompts", "text_dim")),
+)
+
+SIZE_DIVISOR = 32  # H and W of ``image`` are multiples of this
+MASK_STRIDE = 4  # masks are at H/4 x W/4
+NO_PRUNING = {"prune_low": 0.0, "prune_high": 0.0, "prune_beta": 1.0}
+
+# metadata keys stored in the ONNX model (and checked by the runtimes)
+META_FORMAT = "mobius.format"
+META_CONFIG = "mobius.config"
+META_SCHEDULE = "mobius.schedule"
+META_TEXT_ENCODER = "mobius.text_encoder"
+META_TEXT_DIM = "mobius.text_dim"
+META_INPUT_SIZE = "mobius.input_size"
+META_LAYERS = "mobius.decoder_layers"
+META_PROMPTS = "mobius.default_prompts"
+META_DEFAULT_PRUNING = "mobius.default_pruning"
+FORMAT_VERSION = "1"
+
+
+def names(specs: tuple[TensorSpec, ...]) -> list[str]:
+    return [s.name for s in specs]
+
+
+def dynamic_axes(*groups: tuple[TensorSpec, ...]) -> dict[str, dict[int, str]]:
+    """``torch.onnx.export``'s ``dynamic_axes`` for the given specs."""
+    return {s.name: s.dynamic_axes() for g in groups for s in g if s.dynamic_axes()}
+
+
+def check_feed(feed: dict, specs: tuple[TensorSpec, ...] = IMAGE_INPUTS) -> None:
+    """Raise a ValueError naming the tensor when a feed (name -> numpy array) breaks the
+    contract: missing or unknown names, wrong dtype, wrong rank or fixed size, or
+    inconsistent named axes."""
+    expected = {s.name: s for s in specs}
+    missing = sorted(set(expected) - set(feed))
+    unknown = sorted(set(feed) - set(expected))
+    if missing or unknown:
+        raise ValueError(f"graph inputs: missing {missing}, unknown {unknown}")
+    axes: dict[str, tuple[int, str]] = {}
+    for name, spec in expected.items():
+        array = feed[name]
+        dtype = str(getattr(array, "dtype", type(array).__name__))
+        if dtype != spec.dtype:
+            raise ValueError(f"input {name!r} must be {spec.dtype}, got {dtype}")
+        shape = tuple(array.shape)
+        if len(shape) != len(spec.shape):
+            raise ValueError(f"input {name!r} must have shape {spec.shape}, got {shape}")
+        for size, want in zip(shape, spec.shape):
+            if isinstance(want, int) and size != want:
+                raise ValueError(f"input {name!r} must have shape {spec.shape}, got {shape}")
+            if isinstance(want, str):
+                if want in axes and axes[want][0] != size:
+                    other = axes[want][1]
+                    raise ValueError(
+                        f"axis {want!r} is {size} in {name!r} but {axes[want][0]} in {other!r}"
+                    )
+                axes.setdefault(want, (size, name))
+    if "image" not in feed:
+        return
+    h, w = feed["image"].shape[2:]
+    if h % SIZE_DIVISOR or w % SIZE_DIVISOR:
+        raise ValueError(
+            f"image height and width must be multiples of {SIZE_DIVISOR}, got {h}x{w} "
+            "(preprocess pads them)"
+        )
+
+
+def tokenizer_path(text_graph: str | Path) -> Path:
+    """Where the tokenizer of an exported text graph lives (``<stem>.tokenizer.json``)."""
+    p = Path(text_graph)
+    return p.with_name(p.stem + ".tokenizer.json")
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``mobius.*`` metadata of an exported graph; a clear error for a broken file."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model {path} does not exist; write it with `mobius export`")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others
+        raise ValueError(
+            f"{path} is not a readable ONNX model ({str(exc)[:200]}); re-export it with "
+            "`mobius export`"
+        ) from exc
+    return {p.key: p.value for p in proto.metadata_props}

@@ -1,0 +1,184 @@
+"""ONNX export of the image-side graph and of the text encoder (contract: ``io_spec``).
+
+The image graph takes the prompt embeddings and the pruning schedule as inputs, so one
+exported file serves every prompt set and every threshold setting. The text encoder is a
+separate graph: a prompt change costs one text pass, never a re-export.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..atomic import atomic_write_bytes
+from ..modeling.mobius import Mobius
+from ..modeling.pruning import PruneSchedule
+from ..types import TextEmbeddings
+from . import io_spec
+from .io_spec import tokenizer_path
+
+DEFAULT_OPSET = 17
+
+
+class ImageGraph(nn.Module):
+    """The model behind the ``io_spec`` image contract (normalisation and scoring inside)."""
+
+    def __init__(self, model: Mobius, schedule: str = "sigmoid") -> None:
+        super().__init__()
+        if schedule == "fixed":
+            raise ValueError("a 'fixed' schedule cannot be a graph input; use sigmoid, ...")
+        self.model = model.eval()
+        self.schedule = schedule
+
+    def forward(
+        self,
+        image: Tensor,
+        text_tokens: Tensor,
+        text_token_mask: Tensor,
+        text_pooled: Tensor,
+        prompt_valid: Tensor,
+        prune_low: Tensor,
+        prune_high: Tensor,
+        prune_beta: Tensor,
+        min_keep: Tensor,
+    ) -> tuple[Tensor, ...]:
+        text = TextEmbeddings(text_tokens, text_token_mask & prompt_valid[:, None], text_pooled)
+        prune = PruneSchedule(
+            self.schedule,
+            prune_low.reshape(()),
+            prune_high.reshape(()),
+            prune_beta.reshape(()),
+            min_keep.reshape(()),
+        )
+        out = self.model(self.model.normalize(image), text, prune=prune, prompt_valid=prompt_valid)
+        prompt_scores = out.logits.sigmoid() * out.query_valid[..., None].to(out.logits.dtype)
+        scores, labels = prompt_scores.max(dim=-1)
+        return prompt_scores, scores, labels, out.boxes, out.masks, out.query_valid, out.kept
+
+
+def example_inputs(
+    model: Mobius, size: tuple[int, int], prompts: int = 3, tokens: int = 8, batch: int = 1
+) -> tuple[Tensor, ...]:
+    """Dummy inputs in the contract's order (for tracing and tests)."""
+    h, w = (-(-s // io_spec.SIZE_DIVISOR) * io_spec.SIZE_DIVISOR for s in size)
+    dim = model.text_encoder.dim
+    g = torch.Generator().manual_seed(0)
+    mask = torch.ones(prompts, tokens, dtype=torch.bool)
+    mask[:, tokens // 2 + 1 :] = False
+    return (
+        torch.rand(batch, 3, h, w, generator=g),
+        torch.randn(prompts, tokens, dim, generator=g),
+        mask,
+        torch.nn.functional.normalize(torch.randn(prompts, dim, generator=g), dim=-1),
+        torch.ones(prompts, dtype=torch.bool),
+        torch.tensor([0.05]),
+        torch.tensor([0.2]),
+        torch.tensor([1.0]),
+        torch.tensor([10], dtype=torch.int64),
+    )
+
+
+def export_image_graph(
+    model: Mobius,
+    out: str | Path,
+    size: tuple[int, int],
+    metadata: dict[str, str] | None = None,
+    schedule: str = "sigmoid",
+    opset: int = DEFAULT_OPSET,
+    dynamic_hw: bool = False,
+    dynamo: bool = False,
+) -> Path:
+    """Write the image graph to ``out`` (atomically). Batch and prompts are dynamic; H/W
+    are fixed at ``size`` (rounded up to multiples of 32) unless ``dynamic_hw``."""
+    graph = ImageGraph(model, schedule).eval()
+    inputs = example_inputs(model, size)
+    axes = io_spec.dynamic_axes(io_spec.IMAGE_INPUTS, io_spec.IMAGE_OUTPUTS)
+    if not dynamic_hw:
+        axes["image"] = {k: v for k, v in axes["image"].items() if v not in ("height", "width")}
+        axes["masks"] = {
+            k: v for k, v in axes["masks"].items() if v not in ("mask_height", "mask_width")
+        }
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            graph,
+            inputs,
+            buf,
+            input_names=io_spec.names(io_spec.IMAGE_INPUTS),
+            output_names=io_spec.names(io_spec.IMAGE_OUTPUTS),
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=dynamo,
+        )
+    meta = {
+        io_spec.META_FORMAT: io_spec.FORMAT_VERSION,
+        io_spec.META_SCHEDULE: schedule,
+        io_spec.META_TEXT_DIM: str(model.text_encoder.dim),
+        io_spec.META_TEXT_ENCODER: model.text_encoder.name,
+        io_spec.META_LAYERS: str(model.decoder.num_layers),
+        io_spec.META_INPUT_SIZE: json.dumps(list(inputs[0].shape[2:])),
+        **(metadata or {}),
+    }
+    return _write_with_metadata(buf.getvalue(), out, meta)
+
+
+class TextGraph(nn.Module):
+    """input_ids, attention_mask -> text_tokens, text_pooled (the encoder's ``embed_ids``)."""
+
+    def __init__(self, text_encoder: nn.Module) -> None:
+        super().__init__()
+        if not hasattr(text_encoder, "embed_ids"):
+            raise ValueError(
+                f"{type(text_encoder).__name__} cannot be exported as a graph; export prompt "
+                "embeddings instead (`mobius embed`)"
+            )
+        self.encoder = text_encoder.eval()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder.embed_ids(input_ids, attention_mask)
+
+
+def export_text_graph(text_encoder, out: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Write the text encoder graph and, beside it, its tokenizer (``<out>.tokenizer.json``)."""
+    graph = TextGraph(text_encoder)
+    batch = text_encoder.tokenize(["a red circle", "the leftmost blue square on the table"])
+    ids = torch.from_numpy(batch["input_ids"])
+    mask = torch.from_numpy(batch["attention_mask"])
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            graph,
+            (ids, mask),
+            buf,
+            input_names=io_spec.names(io_spec.TEXT_INPUTS),
+            output_names=io_spec.names(io_spec.TEXT_OUTPUTS),
+            dynamic_axes=io_spec.dynamic_axes(io_spec.TEXT_INPUTS, io_spec.TEXT_OUTPUTS),
+            opset_version=opset,
+            dynamo=False,
+        )
+    out = Path(out)
+    tokenizer = getattr(text_encoder.tokenizer, "backend_tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("the text encoder has no fast tokenizer to ship beside its graph")
+    atomic_write_bytes(tokenizer_path(out), tokenizer.to_str().encode())
+    meta = {
+        io_spec.META_FORMAT: io_spec.FORMAT_VERSION,
+        io_spec.META_TEXT_ENCODER: text_encoder.name,
+        io_spec.META_TEXT_DIM: str(text_encoder.dim),
+        "mobius.max_tokens": str(text_encoder.max_tokens),
+    }
+    return _write_with_metadata(buf.getvalue(), out, meta)
+
+
+def _write_with_metadata(data: bytes, out: str | Path, meta: dict[str, str]) -> Path:
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    return atomic_write_bytes(out, proto.SerializeToString())

@@ -1,0 +1,231 @@
+"""ONNX export, onnxruntime parity, one runtime interface, a torch-free deployment path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mobius_core.build import build_model
+from mobius_core.config import load_config
+from mobius_core.export import io_spec
+from mobius_core.export.onnx import (
+    ImageGraph,
+    example_inputs,
+    export_image_graph,
+    export_text_graph,
+)
+from mobius_core.export.runtime import (
+    FileTextSource,
+    OnnxRuntimeBackend,
+    OnnxTextSource,
+    Segmenter,
+    TextArrays,
+    TorchBackend,
+    TorchTextSource,
+    make_feed,
+    validate_prompts,
+)
+from mobius_core.postprocess import RawOutputs
+
+ort = pytest.importorskip("onnxruntime")
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def tiny(random_text_encoder, tmp_path_factory):
+    cfg = load_config(
+        "shapes_tiny",
+        {"model.hidden_dim": 64, "model.decoder.num_queries": 12, "model.decoder.ffn_dim": 64,
+         "model.pixel_decoder.ffn_dim": 64, "model.input_size": SIZE},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg, text_encoder=random_text_encoder).eval()
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    export_image_graph(model, path, (SIZE, SIZE), {io_spec.META_CONFIG: "tiny"})
+    return model, path
+
+
+def _images(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        img = np.full((SIZE, SIZE, 3), rng.integers(0, 255), dtype=np.uint8)
+        y, x = rng.integers(0, SIZE // 2, size=2)
+        img[y : y + 20, x : x + 20] = rng.integers(0, 255, size=3)
+        out.append(img)
+    return out
+
+
+def test_onnxruntime_matches_eager_for_other_prompt_counts_and_images(tiny):
+    model, path = tiny
+    ort_backend = OnnxRuntimeBackend(path)
+    torch_backend = TorchBackend(model)
+    text = TorchTextSource(model.text_encoder)
+    for prompts in (["red circle", "blue square"], ["a", "b", "c", "d", "e"]):  # traced with 3
+        arrays = text.encode(prompts)
+        for image in _images(3):
+            batch = np.zeros((1, 3, SIZE, SIZE), np.float32)
+            batch[0] = image.transpose(2, 0, 1) / 255.0
+            feed = make_feed(batch, arrays, None, 5)
+            a, b = ort_backend.infer(feed), torch_backend.infer(feed)
+            assert a.prompt_scores.shape == b.prompt_scores.shape == (1, 12, len(prompts))
+            np.testing.assert_allclose(a.prompt_scores, b.prompt_scores, atol=1e-4)
+            np.testing.assert_allclose(a.boxes, b.boxes, rtol=1e-3, atol=1e-5)
+            np.testing.assert_allclose(a.masks, b.masks, atol=2e-3)
+            assert np.array_equal(a.prompt_scores.argmax(-1), b.prompt_scores.argmax(-1))
+            assert np.array_equal(a.kept, b.kept)
+
+
+def test_thresholds_are_inputs_one_file_many_settings(tiny):
+    model, path = tiny
+    backend = OnnxRuntimeBackend(path)
+    arrays = TorchTextSource(model.text_encoder).encode(["x", "y"])
+    batch = np.random.default_rng(0).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    off = backend.infer(make_feed(batch, arrays, None, 3))
+    hard = backend.infer(make_feed(batch, arrays, {"prune_low": 0.9, "prune_high": 0.99,
+                                                   "prune_beta": 1.0}, 3))  # fmt: skip
+    assert off.kept.tolist() == [[12, 12, 12]]
+    assert hard.kept.tolist() == [[3, 3, 3]]  # nothing is that confident: min_keep holds
+    assert hard.prompt_scores.shape[1] == 3 and off.prompt_scores.shape[1] == 12
+
+
+def test_padding_prompts_score_zero(tiny):
+    model, path = tiny
+    backend = OnnxRuntimeBackend(path)
+    arrays = TorchTextSource(model.text_encoder).encode(["x", "y", "z"])
+    batch = np.random.default_rng(1).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    feed = make_feed(batch, arrays, None, 3)
+    feed["prompt_valid"][2] = False
+    out = backend.infer(feed)
+    assert np.all(out.prompt_scores[..., 2] == 0.0) and np.all(out.prompt_scores[..., :2] > 0)
+
+
+def test_feed_contract_errors_name_the_tensor(tiny):
+    model, path = tiny
+    backend = OnnxRuntimeBackend(path)
+    arrays = TorchTextSource(model.text_encoder).encode(["x"])
+    feed = make_feed(np.zeros((1, 3, SIZE, SIZE), np.float32), arrays, None, 3)
+    bad = {**feed, "min_keep": feed["min_keep"].astype(np.int32)}
+    with pytest.raises(ValueError, match="'min_keep' must be int64"):
+        backend.infer(bad)
+    bad = {**feed, "text_pooled": feed["text_pooled"][:0]}
+    with pytest.raises(ValueError, match="axis 'prompts'"):
+        backend.infer(bad)
+    with pytest.raises(ValueError, match="exported for 64x64"):
+        backend.infer({**feed, "image": np.zeros((1, 3, 96, 64), np.float32)})
+
+
+def test_corrupt_or_missing_graph_gives_clear_errors(tmp_path, tiny):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    with pytest.raises(ValueError, match="re-export it"):
+        OnnxRuntimeBackend(bad)
+    with pytest.raises(FileNotFoundError, match="mobius export"):
+        OnnxRuntimeBackend(tmp_path / "missing.onnx")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(tiny[1].read_bytes()[:5000])
+    with pytest.raises(ValueError, match="re-export"):
+        OnnxRuntimeBackend(truncated)
+
+
+def test_segmenter_same_instances_on_every_backend_and_atomic_prompts(tiny):
+    model, path = tiny
+    text = TorchTextSource(model.text_encoder)
+    from mobius_core.postprocess import PostProcessor
+
+    post = PostProcessor(score_threshold=0.0, top_k=5)
+    a = Segmenter(TorchBackend(model), text, SIZE, post=post, min_keep=4)
+    b = Segmenter(OnnxRuntimeBackend(path), text, SIZE, post=post, min_keep=4, pad_to=(SIZE, SIZE))
+    for seg in (a, b):
+        assert seg.set_prompts(["red circle", "blue square"]) >= 0.0
+    for image in _images(2, seed=3):
+        (ia,), (ib,) = a([image]), b([image])
+        assert ia.label_texts == ib.label_texts and len(ia) == 5
+        np.testing.assert_allclose(ia.boxes, ib.boxes, rtol=1e-3, atol=1e-3)
+        assert type(a.last_outputs) is type(b.last_outputs) is RawOutputs
+    with pytest.raises(ValueError, match="duplicate prompts"):
+        b.set_prompts(["x", "x"])
+    with pytest.raises(ValueError, match="empty"):
+        b.set_prompts([])
+    assert b.prompts == ("red circle", "blue square")  # the failed requests changed nothing
+
+
+def test_prompt_validation_messages():
+    assert validate_prompts([" a ", "b"]) == ["a", "b"]
+    with pytest.raises(ValueError, match="not one string"):
+        validate_prompts("a,b")
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        validate_prompts(["a", " "])
+    with pytest.raises(ValueError, match="exceed the limit of 3"):
+        validate_prompts(["a", "b", "c", "d"], max_prompts=3)
+
+
+def test_text_graph_matches_the_encoder(random_text_encoder, tmp_path):
+    path = export_text_graph(random_text_encoder, tmp_path / "text.onnx")
+    assert (tmp_path / "text.tokenizer.json").is_file()
+    source = OnnxTextSource(path)
+    prompts = ["red circle", "the leftmost blue square on the table", "x"]
+    got = source.encode(prompts)
+    ref = TorchTextSource(random_text_encoder).encode(prompts)
+    assert got.prompts == ref.prompts and got.tokens.shape == ref.tokens.shape
+    np.testing.assert_array_equal(got.token_mask, ref.token_mask)
+    np.testing.assert_allclose(got.pooled, ref.pooled, atol=1e-4)
+    np.testing.assert_allclose(got.tokens, ref.tokens, atol=1e-4)
+
+
+def test_embeddings_file_round_trip_and_mismatch(tmp_path, random_text_encoder):
+    arrays = TorchTextSource(random_text_encoder).encode(["a", "b"])
+    path = arrays.save(tmp_path / "p.npz")
+    source = FileTextSource(path)
+    loaded = source.encode(["a", "b"])
+    np.testing.assert_array_equal(loaded.pooled, arrays.pooled)
+    with pytest.raises(ValueError, match="other prompts need a text encoder"):
+        source.encode(["c"])
+    (tmp_path / "bad.npz").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="mobius embed"):
+        TextArrays.load(tmp_path / "bad.npz")
+
+
+def test_onnxruntime_path_imports_neither_torch_nor_timm(tiny, tmp_path):
+    model, path = tiny
+    emb = TorchTextSource(model.text_encoder).encode(["red circle", "blue square"])
+    emb.save(tmp_path / "p.npz")
+    code = f"""
+import sys, numpy as np
+from mobius_core.export.runtime import OnnxRuntimeBackend, FileTextSource, Segmenter
+seg = Segmenter(OnnxRuntimeBackend({str(path)!r}), FileTextSource({str(tmp_path / "p.npz")!r}),
+                {SIZE}, pad_to=({SIZE}, {SIZE}))
+seg.set_prompts(["red circle", "blue square"])
+(inst,) = seg([np.zeros((50, 70, 3), np.uint8)])
+print(inst.masks.shape[1:], sorted(m for m in ("torch", "timm") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "(50, 70) []", out.stdout  # masks at the image's size
+
+
+def test_graph_wrapper_matches_the_model(tiny):
+    model, _ = tiny
+    inputs = example_inputs(model, (SIZE, SIZE), prompts=2)
+    with torch.no_grad():
+        scores, best, labels, boxes, masks, valid, kept = ImageGraph(model)(*inputs)
+    assert scores.shape[-1] == 2 and torch.equal(best, scores.max(-1).values)
+    assert torch.equal(labels, scores.argmax(-1)) and kept.shape == (1, 3)
+    q = scores.shape[1]
+    assert boxes.shape == (1, q, 4) and masks.shape[:2] == (1, q) and valid.shape == (1, q)
+
+
+def test_metadata_recorded(tiny):
+    meta = io_spec.read_metadata(tiny[1])
+    assert meta[io_spec.META_FORMAT] == io_spec.FORMAT_VERSION
+    assert meta[io_spec.META_CONFIG] == "tiny" and json.loads(meta[io_spec.META_INPUT_SIZE]) == [
+        64,
+        64,
+    ]
+    assert int(meta[io_spec.META_LAYERS]) == 3 and int(meta[io_spec.META_TEXT_DIM]) == 384
