@@ -270,9 +270,8 @@ class PostProcessor:
             if self.score_with_mask:
                 area = np.maximum(binary.reshape(len(idx), -1).sum(1), 1)
                 prob = 1.0 / (1.0 + np.exp(-m))
-                mask_scores[start : start + idx.size] = (prob * binary).reshape(
-                    len(idx), -1
-                ).sum(1) / area
+                inside = (prob * binary).reshape(len(idx), -1).sum(1)
+                mask_scores[start : start + idx.size] = inside / area
 
         scores = scores.astype(np.float32)
         if self.score_with_mask:

@@ -141,4 +141,3 @@ class Target:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
-
