@@ -81,7 +81,9 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="shapes_tiny", help="zoo name or YAML (default shapes_tiny)")
+    p.add_argument(
+        "--config", help="zoo name or YAML (default: the exported model's, else shapes_tiny)"
+    )
     add_set_argument(p)
     p.add_argument("--checkpoint", help="torch backend: a checkpoint (default: the shipped one)")
     p.add_argument("--backend", default="torch", help="torch (default), ort or trt")
@@ -230,6 +232,16 @@ def _read_image(path: str):
         raise ValueError(f"cannot read image {path}: {exc}") from exc
 
 
+def _runtime_config(args: argparse.Namespace):
+    """--config, else the config an exported --model was made from, else shapes_tiny."""
+    name = args.config
+    if name is None and args.model and str(args.model).endswith(".onnx"):
+        from .export import io_spec
+
+        name = io_spec.read_metadata(args.model).get(io_spec.META_CONFIG)
+    return load_config(name or "shapes_tiny", parse_set_args(args.overrides))
+
+
 def _segmenter(args: argparse.Namespace, cfg, threshold: float = 0.3):
     """A Segmenter for --backend (torch: the config's model; ort/trt: --model), its text
     source (--embeddings, --text-model, or the config's text encoder) and pruning."""
@@ -287,7 +299,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .visualize import draw_instances
 
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
-    cfg = load_config(args.config, parse_set_args(args.overrides))
+    cfg = _runtime_config(args)
     image = _read_image(args.image)
     seg = _segmenter(args, cfg, args.threshold)
     seg.set_prompts(prompts, args.task)
@@ -355,7 +367,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .export.bench import benchmark, format_table
     from .vocab import prompt_set
 
-    cfg = load_config(args.config, parse_set_args(args.overrides))
+    if args.target:  # positional MODEL: a file for ort/trt, a config for torch
+        if args.target.endswith((".onnx", ".engine", ".plan")):
+            if args.backend in ("torch", "pytorch"):
+                args.backend = "ort" if args.target.endswith(".onnx") else "trt"
+            args.model = args.target
+        else:
+            args.config = args.target
+    cfg = _runtime_config(args)
     names = prompt_set(args.prompts)
     if args.model and args.backend in ("torch", "pytorch"):
         raise ValueError("--backend torch runs the --config model; --model is for ort/trt")
@@ -530,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the .npz to write")
     p.set_defaults(func=_cmd_embed)
     p = sub.add_parser("bench", help="latency per stage (p50/p95), FPS, memory, kept queries")
+    p.add_argument(
+        "target", nargs="?", help="MODEL: an .onnx/.engine (ort/trt) or a config name (torch)"
+    )
     _add_runtime_args(p)
     p.add_argument("--prompts", type=int, default=80, help="number of prompts (default 80)")
     p.add_argument("--frames", type=int, default=30, help="timed frames per setup (default 30)")
