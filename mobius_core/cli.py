@@ -376,6 +376,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             args.config = args.target
     cfg = _runtime_config(args)
     names = prompt_set(args.prompts)
+    if args.prompt_list:
+        names = [p.strip() for p in args.prompt_list.split(",") if p.strip()]
     if args.model and args.backend in ("torch", "pytorch"):
         raise ValueError("--backend torch runs the --config model; --model is for ort/trt")
     setups = {}
@@ -402,7 +404,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"rows": [r.as_dict() for r in rows], "peak_rss_mb": round(peak, 1)}))
     else:
-        print(f"{len(names)} prompts, synthetic val images, {args.frames} frames per setup")
+        print(
+            f"{len(names)} prompts, synthetic val images (320x320), {args.frames} frames per setup"
+        )
         print(format_table(rows, peak))
     return 0
 
@@ -554,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_runtime_args(p)
     p.add_argument("--prompts", type=int, default=80, help="number of prompts (default 80)")
+    p.add_argument(
+        "--prompt-list", help="comma-separated prompts to use instead of the first COCO names"
+    )
     p.add_argument("--frames", type=int, default=30, help="timed frames per setup (default 30)")
     p.add_argument("--warmup", type=int, default=3, help="untimed frames first (default 3)")
     p.add_argument("--compare", help="a second model (.onnx/.engine) timed side by side")
