@@ -134,7 +134,7 @@ def test_load_sources_from_yaml(split, tmp_path):
         load_sources(tmp_path / "bad2.yaml")
 
 
-def test_trainer_batches_from_mixed_sources(split, tmp_path, random_text_encoder):
+def test_trainer_batches_from_mixed_sources(split, tmp_path, own_text_encoder):
     from mobius_core.build import build_model
     from mobius_core.config import load_config
     from mobius_core.training.engine import Trainer
@@ -162,7 +162,7 @@ def test_trainer_batches_from_mixed_sources(split, tmp_path, random_text_encoder
         },
     )
     torch.manual_seed(0)
-    trainer = Trainer(cfg, build_model(cfg, random_text_encoder), mixed, tmp_path, progress=False)
+    trainer = Trainer(cfg, build_model(cfg, own_text_encoder), mixed, tmp_path, progress=False)
     kinds = set()
     for step in range(12):
         _, targets, _, prompts = trainer.batch(step)
@@ -185,7 +185,7 @@ def test_trainer_batches_from_mixed_sources(split, tmp_path, random_text_encoder
     assert all(np.isfinite(float(r["loss"])) for r in rows)
 
 
-def test_flipped_referring_images_get_flipped_sentences(split, tmp_path, random_text_encoder):
+def test_flipped_referring_images_get_flipped_sentences(split, tmp_path, own_text_encoder):
     from mobius_core.build import build_model
     from mobius_core.config import load_config
     from mobius_core.training.engine import Trainer
@@ -215,7 +215,7 @@ def test_flipped_referring_images_get_flipped_sentences(split, tmp_path, random_
         {"model.hidden_dim": 64, "train.batch_size": 1, "train.short_sides": [64],
          "train.max_size": 96, "train.flip_prob": 1.0},
     )  # fmt: skip
-    trainer = Trainer(cfg, build_model(cfg, random_text_encoder), mixed, tmp_path, progress=False)
+    trainer = Trainer(cfg, build_model(cfg, own_text_encoder), mixed, tmp_path, progress=False)
     for step in range(4):
         _, _, _, prompts = trainer.batch(step)
         (item,) = mixed.items(step, 1, cfg.train.seed)

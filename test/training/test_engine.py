@@ -128,7 +128,7 @@ def test_checkpoint_is_atomic_and_errors_are_clear(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
 
 
-def test_schedule_and_parameter_groups(random_text_encoder):
+def test_schedule_and_parameter_groups(own_text_encoder):
     cfg = load_config(
         "shapes_tiny",
         {
@@ -142,7 +142,7 @@ def test_schedule_and_parameter_groups(random_text_encoder):
     assert [lr_factor(s, t) for s in (0, 3, 4, 9, 10, 20)] == pytest.approx(
         [0.25, 1.0, 1.0, 1.0, 0.1, 0.01]
     )
-    model = build_model(cfg, text_encoder=random_text_encoder)
+    model = build_model(cfg, text_encoder=own_text_encoder)
     groups = {g["name"]: g for g in build_optimizer(model, t).param_groups}
     assert groups["head"]["lr"] == pytest.approx(1e-4)
     assert groups["backbone"]["lr"] == pytest.approx(1e-5)
