@@ -321,27 +321,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import io_spec
-    from .export.onnx import export_image_graph, export_text_graph
+    from .export.onnx import export_config_model, export_text_graph
 
     cfg = load_config(args.config, parse_set_args(args.overrides))
     model = _load_model(cfg, args.checkpoint, args.overrides)
     size = args.size or cfg.model.input_size
-    p = cfg.model.pruning
-    meta = {
-        io_spec.META_CONFIG: cfg.name,
-        io_spec.META_DEFAULT_PRUNING: json.dumps(
-            {
-                "prune_low": p.low,
-                "prune_high": p.high,
-                "prune_beta": p.beta,
-                "min_keep": p.min_keep,
-            }
-        ),
-    }
-    path = export_image_graph(
-        model, args.out, (size, size), meta, p.schedule, args.opset, args.dynamic_hw
-    )
+    path = export_config_model(cfg, model, args.out, size, args.dynamic_hw, args.opset)
     print(f"image graph: {path} ({path.stat().st_size / 1e6:.1f} MB, input {size}x{size}"
           f"{', dynamic H/W' if args.dynamic_hw else ''})")  # fmt: skip
     if args.text_encoder:

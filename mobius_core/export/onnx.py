@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -182,3 +183,60 @@ def _write_with_metadata(data: bytes, out: str | Path, meta: dict[str, str]) -> 
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, str(value)
     return atomic_write_bytes(out, proto.SerializeToString())
+
+
+def config_metadata(cfg: Any) -> dict[str, str]:
+    """Metadata a runtime needs from the config: its name and default pruning."""
+    p = cfg.model.pruning
+    pruning = {
+        "prune_low": p.low,
+        "prune_high": p.high,
+        "prune_beta": p.beta,
+        "min_keep": p.min_keep,
+    }
+    return {
+        io_spec.META_CONFIG: cfg.name,
+        io_spec.META_DEFAULT_PRUNING: json.dumps(pruning),
+    }
+
+
+def export_config_model(
+    cfg: Any, model: Mobius, out: str | Path, size: int, dynamic_hw: bool = False,
+    opset: int = DEFAULT_OPSET,
+) -> Path:  # fmt: skip
+    """Export ``model`` built from ``cfg`` with the config's metadata and pruning schedule."""
+    return export_image_graph(
+        model, out, (size, size), config_metadata(cfg), cfg.model.pruning.schedule, opset,
+        dynamic_hw,
+    )  # fmt: skip
+
+
+def cached_export(
+    cfg: Any, checkpoint: str | Path, size: int, dynamic_hw: bool = True,
+    cache_dir: str | Path | None = None,
+) -> Path:  # fmt: skip
+    """The ONNX graph of ``checkpoint`` under the config, exported once and then reused.
+
+    The file name holds the config name, the checkpoint's hash, the size and the H/W mode, so
+    a changed checkpoint gets a new export and an unchanged one is never exported twice.
+    """
+    import hashlib
+    import os
+
+    from ..build import build_model
+    from ..training.checkpoint import load_checkpoint, load_model_weights
+
+    checkpoint = Path(checkpoint)
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]
+    root = Path(cache_dir or os.environ.get("MOBIUS_CACHE", Path.home() / ".cache" / "mobius"))
+    hw = "dyn" if dynamic_hw else "fixed"
+    path = root / "onnx" / f"{cfg.name}-{digest}-{size}-{hw}.onnx"
+    if path.is_file():
+        return path
+    import warnings
+
+    model = build_model(cfg)
+    load_model_weights(model, load_checkpoint(checkpoint), f"{checkpoint} (config {cfg.name})")
+    with warnings.catch_warnings():  # the tracer's notes on constant shapes are expected
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return export_config_model(cfg, model.eval(), path, size, dynamic_hw)
