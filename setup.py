@@ -35,5 +35,7 @@ setup(
     package_data={"mobius_core": ["zoo/*.yaml", "weights/*.pt"]},
     install_requires=_requirements(),
     extras_require={"clip": ["open_clip_torch>=2.24"]},
-    entry_points={"console_scripts": ["mobius=mobius_core.cli:main"]},
+    entry_points={
+        "console_scripts": ["mobius=mobius_core.cli:main", "mobius-ros=mobius_ros.cli:main"]
+    },
 )

@@ -1,0 +1,144 @@
+"""Pure conversions between ROS message fields and arrays (no rclpy here).
+
+Images come in as the fields of ``sensor_msgs/Image`` (encoding, height, width, step, data)
+or of ``sensor_msgs/CompressedImage`` (format, data) and leave as [H,W,3] uint8 RGB arrays;
+results leave as plain tuples and arrays the node copies into messages. Every rejection is
+an :class:`ImageError` whose message names the problem and what to publish instead.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from mobius_core.postprocess import Instances
+from mobius_core.rle import encode_rle_uncompressed
+
+# encoding -> (channels, index of R, G, B in the pixel)
+ENCODINGS: dict[str, tuple[int, tuple[int, int, int]]] = {
+    "rgb8": (3, (0, 1, 2)),
+    "bgr8": (3, (2, 1, 0)),
+    "rgba8": (4, (0, 1, 2)),
+    "bgra8": (4, (2, 1, 0)),
+    "mono8": (1, (0, 0, 0)),
+    "8UC3": (3, (2, 1, 0)),  # OpenCV's default channel order is BGR
+    "8UC1": (1, (0, 0, 0)),
+}
+MAX_PIXELS = 8192 * 8192
+
+
+class ImageError(ValueError):
+    """An image message the node cannot use; the text says why and what to send."""
+
+
+def image_to_rgb(
+    encoding: str, height: int, width: int, step: int, data: bytes | memoryview
+) -> np.ndarray:
+    """``sensor_msgs/Image`` fields -> [H,W,3] uint8 RGB (a view where the layout allows)."""
+    if encoding not in ENCODINGS:
+        hint = (
+            "depth images are not segmented; publish the colour stream"
+            if encoding in ("16UC1", "32FC1", "mono16")
+            else "publish rgb8, bgr8, rgba8, bgra8 or mono8 (image_proc can convert)"
+        )
+        raise ImageError(f"unsupported image encoding {encoding!r}: {hint}")
+    if height <= 0 or width <= 0:
+        raise ImageError(f"image has zero size ({width}x{height}); check the camera driver")
+    if height * width > MAX_PIXELS:
+        raise ImageError(f"image {width}x{height} is larger than {MAX_PIXELS} pixels")
+    channels, order = ENCODINGS[encoding]
+    row = width * channels
+    if step < row:
+        raise ImageError(
+            f"step {step} is smaller than width*channels = {row} for {encoding} {width}x{height}; "
+            "the message is malformed"
+        )
+    if len(data) < step * (height - 1) + row:
+        raise ImageError(
+            f"image data has {len(data)} bytes, {width}x{height} {encoding} with step {step} "
+            f"needs {step * height}; the message is truncated"
+        )
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if len(buf) < step * height:  # the last row may lack its padding
+        buf = np.concatenate([buf, np.zeros(step * height - len(buf), np.uint8)])
+    rows = buf[: step * height].reshape(height, step)[:, :row].reshape(height, width, channels)
+    if order == (0, 1, 2) and channels == 3:
+        return rows
+    return np.ascontiguousarray(rows[:, :, list(order)])
+
+
+def compressed_to_rgb(fmt: str, data: bytes | memoryview) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` fields (jpeg/png) -> [H,W,3] uint8 RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) == 0:
+        raise ImageError("compressed image has no data; check the image_transport publisher")
+    if "compressedDepth" in fmt:
+        raise ImageError(f"compressed depth ({fmt!r}) is not segmented; subscribe the colour topic")
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as im:
+            im.load()
+            rgb = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageError(
+            f"compressed image ({fmt!r}, {len(data)} bytes) cannot be decoded: {exc}; "
+            "publish jpeg or png"
+        ) from exc
+    if rgb.width * rgb.height > MAX_PIXELS:
+        raise ImageError(f"image {rgb.width}x{rgb.height} is larger than {MAX_PIXELS} pixels")
+    return np.asarray(rgb)
+
+
+def rgb_to_image_fields(rgb: np.ndarray) -> tuple[int, int, int, bytes]:
+    """[H,W,3] uint8 RGB -> (height, width, step, data) of an rgb8 ``sensor_msgs/Image``.
+    ``data`` is ``bytes``: rclpy copies it in about 1 ms, a NumPy array takes hundreds."""
+    h, w = rgb.shape[:2]
+    return h, w, 3 * w, np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+
+
+def label_image(instances: Instances, shape: tuple[int, int]) -> np.ndarray:
+    """[H,W] uint16: pixel = id of the instance covering it (i + 1 for instance i), 0 for
+    background. Where masks overlap the higher-scoring instance wins."""
+    out = np.zeros(shape, dtype=np.uint16)
+    if len(instances) >= 65535:
+        raise ValueError(f"{len(instances)} instances do not fit a mono16 label image")
+    for i in np.argsort(instances.scores, kind="stable"):  # low scores first, high on top
+        out[np.asarray(instances.masks[i], dtype=bool)] = i + 1
+    return out
+
+
+@dataclass
+class InstanceFields:
+    """The fields of one ``mobius_ros/Instance``."""
+
+    id: int
+    label: str
+    prompt_index: int
+    score: float
+    box: tuple[float, float, float, float]
+    mask_height: int
+    mask_width: int
+    mask_rle_counts: list[int]
+
+
+def instance_fields(instances: Instances) -> list[InstanceFields]:
+    """Instances -> per-instance message fields (ids 1..N, masks as uncompressed COCO RLE)."""
+    out = []
+    for i in range(len(instances)):
+        mask = np.asarray(instances.masks[i], dtype=bool)
+        label = instances.label_texts[i] if i < len(instances.label_texts) else ""
+        out.append(
+            InstanceFields(
+                id=i + 1,
+                label=label,
+                prompt_index=int(instances.labels[i]),
+                score=float(instances.scores[i]),
+                box=tuple(float(v) for v in instances.boxes[i]),
+                mask_height=int(mask.shape[0]),
+                mask_width=int(mask.shape[1]),
+                mask_rle_counts=encode_rle_uncompressed(mask)["counts"],
+            )
+        )
+    return out

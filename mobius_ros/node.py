@@ -1,0 +1,306 @@
+"""The segmentation node: wiring only (conversions, prompts, budget and model live in pure
+modules next to this one).
+
+Subscribes ``image`` (sensor_msgs/Image) and ``image/compressed`` (CompressedImage) with
+sensor-data QoS, depth 1; a worker thread segments the newest frame and publishes
+``instances``, ``instance_mask``, ``overlay`` (only while subscribed), ``markers``,
+``detections`` (where vision_msgs exists) and ``/diagnostics``. Service ``set_prompts``.
+"""
+
+from __future__ import annotations
+
+import array
+import time
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from visualization_msgs.msg import Marker, MarkerArray
+
+from mobius_ros.msg import Instance, InstanceArray
+from mobius_ros.srv import SetPrompts
+
+from . import params as P
+from .budget import BudgetController, build_ladder
+from .conversions import (
+    ImageError,
+    compressed_to_rgb,
+    image_to_rgb,
+    instance_fields,
+    label_image,
+    rgb_to_image_fields,
+)
+from .model import apply_level, load_model
+from .prompts import PromptState
+from .worker import LatestFrameWorker
+
+try:  # optional: vision_msgs is not everywhere
+    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+except ImportError:  # pragma: no cover - depends on the system
+    Detection2DArray = None
+
+SENSOR_QOS = QoSProfile(
+    depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT
+)
+
+
+def _plain(value: Any) -> Any:
+    """ROS parameter values (array.array for numeric arrays) -> plain Python values."""
+    return list(value) if isinstance(value, (array.array, tuple)) else value
+
+
+class SegmentationNode(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("mobius", **kwargs)
+        defaults = P.NodeParams().as_dict()
+        for name, value in defaults.items():
+            self.declare_parameter(name, value, ParameterDescriptor(dynamic_typing=True))
+        values = {n: _plain(self.get_parameter(n).value) for n in P.NAMES}
+        self.p = P.from_mapping(values)
+        self.log = self.get_logger()
+
+        start = time.perf_counter()
+        self.model = load_model(self.p)
+        self.seg = self.model.segmenter
+        self.log.info(f"model: {self.model.description} ({time.perf_counter() - start:.1f} s)")
+        self.prompt_state = PromptState(self.seg, self.p.max_prompts, self.p.max_prompt_chars)
+        r = self.prompt_state.set(self.p.prompts, self.p.mode)
+        if not r.success:
+            raise ValueError(f"initial prompts from parameters: {r.message}")
+        self.log.info(r.message)
+        self.budget = BudgetController(self.model.ladder, self.p.target_fps)
+        self._pending_level = True  # apply the budget's (or the default) level before a frame
+
+        self.pub_instances = self.create_publisher(InstanceArray, "instances", 10)
+        self.pub_mask = self.create_publisher(Image, "instance_mask", 10)
+        self.pub_overlay = self.create_publisher(Image, "overlay", 2)
+        self.pub_markers = self.create_publisher(MarkerArray, "markers", 10)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pub_det = (
+            self.create_publisher(Detection2DArray, "detections", 10)
+            if Detection2DArray is not None
+            else None
+        )
+        self.worker = LatestFrameWorker(self._process, self._on_error)
+        self.worker.min_period_s = self._min_period()
+        self.create_subscription(Image, "image", self._on_image, SENSOR_QOS)
+        self.create_subscription(
+            CompressedImage, "image/compressed", self._on_compressed, SENSOR_QOS
+        )
+        self.create_service(SetPrompts, "set_prompts", self._on_set_prompts)
+        self.add_on_set_parameters_callback(self._on_parameters)
+        self._diag_timer = self.create_timer(self.p.diagnostics_period, self._publish_diagnostics)
+        self.last_kept = 0
+        self.bad_frames = 0
+        self.last_error = ""
+
+    # -- callbacks on the executor thread (cheap) -----------------------------------------
+
+    def _on_image(self, msg: Image) -> None:
+        self.worker.submit((msg, time.monotonic()))
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self.worker.submit((msg, time.monotonic()))
+
+    def _on_set_prompts(self, request: Any, response: Any) -> Any:
+        r = self.prompt_state.set(list(request.prompts), request.mode)
+        response.success, response.message, response.encode_ms = r.success, r.message, r.encode_ms
+        (self.log.info if r.success else self.log.warning)(f"set_prompts: {r.message}")
+        return response
+
+    def _on_parameters(self, changes: list[Any]) -> SetParametersResult:
+        new = P.NodeParams(**self.p.as_dict())
+        try:
+            for c in changes:
+                if c.name not in P.NAMES:
+                    raise ValueError(P.unknown_key_error(c.name))
+                value = P.check(c.name, _plain(c.value))
+                if c.name in P.RESTART_ONLY and value != getattr(self.p, c.name):
+                    raise ValueError(f"{c.name} chooses the model; restart the node to change it")
+                setattr(new, c.name, value)
+            if (new.prompts, new.mode) != (self.p.prompts, self.p.mode):
+                r = self.prompt_state.set(new.prompts, new.mode)
+                if not r.success:
+                    raise ValueError(r.message)
+            ladder_keys = ("prune_low_range", "prune_high_range", "min_keep_range", "prune_steps")
+            if any(getattr(new, k) != getattr(self.p, k) for k in ladder_keys):
+                sizes = sorted({lv.size for lv in self.budget.levels}, reverse=True)
+                ladder = build_ladder(sizes, tuple(new.prune_low_range),
+                                      tuple(new.prune_high_range), tuple(new.min_keep_range),
+                                      new.prune_steps)  # fmt: skip
+                self.budget = BudgetController(ladder, new.target_fps)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.seg.post.score_threshold = new.score_threshold
+        self.seg.post.top_k = new.max_instances
+        if new.target_fps != self.p.target_fps:
+            self.budget.set_target(new.target_fps)
+        if new.diagnostics_period != self.p.diagnostics_period:
+            self._diag_timer.cancel()
+            self._diag_timer = self.create_timer(new.diagnostics_period, self._publish_diagnostics)
+        self.p = new
+        self.worker.min_period_s = self._min_period()
+        self._pending_level = True
+        return SetParametersResult(successful=True)
+
+    def _min_period(self) -> float:
+        return 1.0 / self.p.target_fps if self.p.target_fps > 0 else 0.0
+
+    # -- the worker thread -----------------------------------------------------------------
+
+    def _on_error(self, exc: Exception) -> None:
+        self.bad_frames += 1
+        self.last_error = str(exc)
+        kind = "bad image" if isinstance(exc, ImageError) else "frame failed"
+        self.log.error(f"{kind}: {exc}", throttle_duration_sec=5.0)
+
+    def _process(self, item: tuple[Any, float]) -> None:
+        msg, received = item
+        start = time.monotonic()
+        if isinstance(msg, CompressedImage):
+            rgb = compressed_to_rgb(msg.format, msg.data)
+        else:
+            rgb = image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+        if self._pending_level or self.budget.target_fps > 0:
+            apply_level(self.seg, self.budget.level if self.budget.target_fps > 0
+                        else self.model.default_level)  # fmt: skip
+            self._pending_level = False
+        (inst,) = self.seg([rgb])
+        times = self.seg.last_times
+        kept = int(self.seg.last_outputs.kept[0, -1]) if self.seg.last_outputs.kept.size else 0
+        self.last_kept = kept
+        self._publish(msg.header, rgb, inst, times.inference * 1e3, kept)
+        done = time.monotonic()
+        self.worker.stats.add(done - received, done)
+        if self.budget.update(done - start, done):
+            self.log.info(f"budget: {self.budget.level.describe()}")
+
+    def _publish(self, header: Any, rgb: Any, inst: Any, inference_ms: float, kept: int) -> None:
+        out = InstanceArray(header=header, mode=self.prompt_state.mode)
+        out.prompts = list(self.prompt_state.prompts)
+        out.inference_ms, out.kept_queries = float(inference_ms), kept
+        fields = instance_fields(inst)
+        for f in fields:
+            m = Instance(id=f.id, label=f.label, prompt_index=f.prompt_index, score=f.score)
+            m.box = f.box
+            m.mask_height, m.mask_width = f.mask_height, f.mask_width
+            m.mask_rle_counts = array.array("I", f.mask_rle_counts)
+            out.instances.append(m)
+        self.pub_instances.publish(out)
+        p = self.p
+        if p.publish_instance_mask and self.pub_mask.get_subscription_count():
+            labels = label_image(inst, rgb.shape[:2])
+            self.pub_mask.publish(Image(header=header, height=labels.shape[0],
+                                        width=labels.shape[1], encoding="mono16",
+                                        is_bigendian=0, step=2 * labels.shape[1],
+                                        data=labels.astype("<u2").tobytes()))  # fmt: skip
+        if p.publish_overlay and self.pub_overlay.get_subscription_count():
+            from mobius_core.visualize import draw_instances
+
+            h, w, step, data = rgb_to_image_fields(draw_instances(rgb, inst))
+            self.pub_overlay.publish(
+                Image(header=header, height=h, width=w, encoding="rgb8", step=step, data=data)
+            )
+        if p.publish_markers and self.pub_markers.get_subscription_count():
+            self.pub_markers.publish(self._markers(header, fields))
+        if (
+            p.publish_detections
+            and self.pub_det is not None
+            and self.pub_det.get_subscription_count()
+        ):
+            self.pub_det.publish(self._detections(header, fields))
+
+    def _markers(self, header: Any, fields: list[Any]) -> MarkerArray:
+        s = self.p.marker_scale
+        out = MarkerArray(markers=[Marker(header=header, action=Marker.DELETEALL)])
+        for f in fields:
+            x0, y0, x1, y1 = (v * s for v in f.box)
+            box = Marker(header=header, ns="boxes", id=f.id, type=Marker.LINE_STRIP)
+            box.points = [
+                Point(x=x, y=y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))
+            ]
+            box.scale.x = 2 * s
+            box.color.r, box.color.g, box.color.a = 0.1, 0.9, 1.0
+            text = Marker(header=header, ns="labels", id=f.id, type=Marker.TEXT_VIEW_FACING)
+            text.pose.position.x, text.pose.position.y = x0, y0
+            text.text = f"{f.label} {f.score:.2f}"
+            text.scale.z = 12 * s
+            text.color.r = text.color.g = text.color.b = text.color.a = 1.0
+            out.markers += [box, text]
+        return out
+
+    def _detections(self, header: Any, fields: list[Any]) -> Any:  # pragma: no cover
+        out = Detection2DArray(header=header)
+        for f in fields:
+            d = Detection2D(header=header, id=str(f.id))
+            x0, y0, x1, y1 = f.box
+            d.bbox.center.position.x, d.bbox.center.position.y = (x0 + x1) / 2, (y0 + y1) / 2
+            d.bbox.size_x, d.bbox.size_y = x1 - x0, y1 - y0
+            hyp = ObjectHypothesisWithPose()
+            hyp.hypothesis.class_id, hyp.hypothesis.score = f.label, f.score
+            d.results.append(hyp)
+            out.detections.append(d)
+        return out
+
+    def _publish_diagnostics(self) -> None:
+        s = self.worker.stats.summary()
+        values = {
+            "backend": self.p.backend,
+            "latency_p50_ms": f"{s['latency_p50_ms']:.1f}",
+            "latency_p95_ms": f"{s['latency_p95_ms']:.1f}",
+            "fps": f"{s['fps']:.2f}",
+            "received_frames": str(s["received"]),
+            "frames": str(s["frames"]),
+            "dropped_frames": str(s["dropped"]),
+            "bad_frames": str(self.bad_frames),
+            "kept_queries": str(self.last_kept),
+            "prompts": str(len(self.prompt_state.prompts)),
+            "mode": self.prompt_state.mode,
+            **self.budget.state(),
+        }
+        level = DiagnosticStatus.OK
+        message = "running"
+        if self.budget.target_fps and s["frames"] > 10 and s["fps"] < 0.9 * self.budget.target_fps:
+            level, message = DiagnosticStatus.WARN, "below target_fps at the fastest setting"
+            if self.budget.index < len(self.budget.levels) - 1:
+                message = "below target_fps; the budget is adjusting"
+        if self.last_error:
+            level, message = DiagnosticStatus.WARN, f"last bad frame: {self.last_error[:120]}"
+            self.last_error = ""
+        status = DiagnosticStatus(level=level, name="mobius_ros: segmentation",
+                                  message=message, hardware_id=self.p.backend)  # fmt: skip
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        diag = DiagnosticArray(status=[status])
+        diag.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(diag)
+
+    def destroy_node(self) -> None:
+        self.worker.close()
+        super().destroy_node()
+
+
+def run(args: list[str] | None = None) -> int:
+    """Spin the node until shutdown (``args`` may hold ``--ros-args ...``)."""
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SegmentationNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:  # a configuration problem: say it without a traceback
+        print(f"mobius_ros: {exc}", flush=True)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
