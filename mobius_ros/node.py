@@ -36,7 +36,7 @@ from .conversions import (
     rgb_to_image_fields,
 )
 from .model import apply_level, load_model
-from .prompts import PromptState
+from .prompts import PromptResult, PromptState
 from .worker import LatestFrameWorker
 
 try:  # optional: vision_msgs is not everywhere
@@ -108,9 +108,15 @@ class SegmentationNode(Node):
         self.worker.submit((msg, time.monotonic()))
 
     def _on_set_prompts(self, request: Any, response: Any) -> Any:
-        r = self.prompt_state.set(list(request.prompts), request.mode)
+        try:
+            r = self.prompt_state.set(list(request.prompts), request.mode)
+        except Exception as exc:  # a service callback must never take the node down
+            r = PromptResult(False, f"set_prompts failed, the old prompts stay: {exc}")
         response.success, response.message, response.encode_ms = r.success, r.message, r.encode_ms
-        (self.log.info if r.success else self.log.warning)(f"set_prompts: {r.message}")
+        if r.success:
+            self.log.info(f"set_prompts: {r.message}")
+        else:
+            self.log.warning(f"set_prompts refused: {r.message}")
         return response
 
     def _on_parameters(self, changes: list[Any]) -> SetParametersResult:
@@ -291,13 +297,14 @@ def run(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     node = None
     try:
-        node = SegmentationNode()
+        try:
+            node = SegmentationNode()
+        except (ValueError, FileNotFoundError) as exc:  # configuration: no traceback
+            print(f"mobius_ros: {exc}", flush=True)
+            return 2
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except ValueError as exc:  # a configuration problem: say it without a traceback
-        print(f"mobius_ros: {exc}", flush=True)
-        return 2
     finally:
         if node is not None:
             node.destroy_node()

@@ -1,0 +1,137 @@
+"""Image fields -> RGB, results -> message fields: pure functions, no ROS needed."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mobius_core.postprocess import Instances
+from mobius_core.rle import decode_rle
+from mobius_ros.conversions import (
+    ImageError,
+    compressed_to_rgb,
+    image_to_rgb,
+    instance_fields,
+    label_image,
+    rgb_to_image_fields,
+)
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "pixels"),
+    [
+        ("rgb8", RGB),
+        ("bgr8", RGB[:, :, ::-1]),
+        ("rgba8", np.dstack([RGB, np.full((5, 7), 9, np.uint8)])),
+        ("bgra8", np.dstack([RGB[:, :, ::-1], np.full((5, 7), 9, np.uint8)])),
+    ],
+)
+def test_colour_encodings_give_rgb(encoding, pixels):
+    h, w, c = pixels.shape
+    out = image_to_rgb(encoding, h, w, w * c, pixels.tobytes())
+    np.testing.assert_array_equal(out, RGB)
+
+
+def test_mono8_is_replicated_and_row_padding_is_skipped():
+    gray = RGB[:, :, 0]
+    padded = np.zeros((5, 10), np.uint8)
+    padded[:, :7] = gray
+    out = image_to_rgb("mono8", 5, 7, 10, padded.tobytes())
+    assert out.shape == (5, 7, 3)
+    for ch in range(3):
+        np.testing.assert_array_equal(out[:, :, ch], gray)
+
+
+def test_last_row_without_padding_is_accepted():
+    padded = np.zeros((5, 24), np.uint8)
+    padded[:, :21] = RGB.reshape(5, 21)
+    data = padded.tobytes()[: 24 * 4 + 21]
+    np.testing.assert_array_equal(image_to_rgb("rgb8", 5, 7, 24, data), RGB)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("16UC1", 5, 7, 14, bytes(70)), "depth"),
+        (("yuv422", 5, 7, 14, bytes(70)), "rgb8"),
+        (("rgb8", 0, 7, 21, b""), "zero size"),
+        (("rgb8", 5, 7, 20, bytes(100)), "step 20"),
+        (("rgb8", 5, 7, 21, bytes(50)), "truncated"),
+    ],
+)
+def test_bad_images_are_rejected_with_the_reason(args, words):
+    with pytest.raises(ImageError, match=words):
+        image_to_rgb(*args)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_compressed_images_decode(fmt):
+    buf = io.BytesIO()
+    Image.fromarray(RGB).save(buf, format=fmt.upper(), quality=100)
+    out = compressed_to_rgb(fmt, buf.getvalue())
+    assert out.shape == RGB.shape
+    if fmt == "png":
+        np.testing.assert_array_equal(out, RGB)
+
+
+@pytest.mark.parametrize(("fmt", "data", "words"), [
+    ("jpeg", b"", "no data"),
+    ("jpeg", b"not an image at all", "cannot be decoded"),
+    ("16UC1; compressedDepth", b"x", "depth"),
+])  # fmt: skip
+def test_bad_compressed_images_are_rejected(fmt, data, words):
+    with pytest.raises(ImageError, match=words):
+        compressed_to_rgb(fmt, data)
+
+
+def test_rgb_round_trip_through_image_fields():
+    h, w, step, data = rgb_to_image_fields(RGB)
+    assert isinstance(data, bytes) and step == 21
+    np.testing.assert_array_equal(image_to_rgb("rgb8", h, w, step, data), RGB)
+
+
+def _instances():
+    masks = np.zeros((3, 6, 8), bool)
+    masks[0, 1:4, 1:4] = True
+    masks[1, 2:6, 3:8] = True  # overlaps instance 0 at rows 2-3, column 3
+    masks[2, 0, 7] = True
+    return Instances(
+        scores=np.array([0.9, 0.5, 0.7], np.float32),
+        labels=np.array([0, 1, 1]),
+        boxes=np.array([[1, 1, 4, 4], [3, 2, 8, 6], [7, 0, 8, 1]], np.float32),
+        masks=masks,
+        label_texts=["mug", "cup", "cup"],
+    )
+
+
+def test_label_image_ids_match_instances_and_scores_decide_overlaps():
+    inst = _instances()
+    labels = label_image(inst, (6, 8))
+    assert labels.dtype == np.uint16
+    assert set(np.unique(labels)) == {0, 1, 2, 3}
+    for i in range(3):
+        assert np.all(inst.masks[i][labels == i + 1])  # every pixel of id i+1 is in mask i
+    assert labels[2, 3] == 1  # overlap of 0 (0.9) and 1 (0.5): the higher score wins
+    assert np.all(labels[~inst.masks.any(0)] == 0)
+
+
+def test_instance_fields_encode_masks_as_coco_rle():
+    inst = _instances()
+    fields = instance_fields(inst)
+    assert [f.id for f in fields] == [1, 2, 3]
+    assert [f.label for f in fields] == ["mug", "cup", "cup"]
+    assert [f.prompt_index for f in fields] == [0, 1, 1]
+    assert fields[0].box == (1.0, 1.0, 4.0, 4.0)
+    for f, mask in zip(fields, inst.masks):
+        rle = {"size": [f.mask_height, f.mask_width], "counts": f.mask_rle_counts}
+        np.testing.assert_array_equal(decode_rle(rle), mask)
+    assert (
+        label_image(Instances(*(np.zeros((0,) + s) for s in ((), (), (4,), (6, 8)))), (6, 8)).sum()
+        == 0
+    )
