@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mobius_ros.harness import Harness, ros_list, start_node, stop
 from mobius_ros.localenv import local_ros_env
 
 pytestmark = pytest.mark.ros
@@ -42,94 +42,6 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-class Client:
-    """Camera, listener and service/parameter client on one rclpy node."""
-
-    def __init__(self):
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from mobius_ros.msg import InstanceArray
-        from mobius_ros.srv import SetPrompts
-        from rcl_interfaces.srv import SetParameters
-        from rclpy.qos import qos_profile_sensor_data
-        from sensor_msgs.msg import CompressedImage, Image
-
-        self.rclpy, self.Image, self.CompressedImage = rclpy, Image, CompressedImage
-        self.node = rclpy.create_node("mobius_test_client")
-        self.pub = self.node.create_publisher(Image, "image", qos_profile_sensor_data)
-        self.pub_c = self.node.create_publisher(
-            CompressedImage, "image/compressed", qos_profile_sensor_data
-        )
-        self.instances, self.masks, self.diag = {}, {}, []
-        self.node.create_subscription(InstanceArray, "instances", self._on_inst, 100)
-        self.node.create_subscription(Image, "instance_mask", self._on_mask, 10)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diag.append, 10)
-        self.prompts = self.node.create_client(SetPrompts, "set_prompts")
-        self.params = self.node.create_client(SetParameters, "/mobius/set_parameters")
-        self.SetPrompts = SetPrompts
-        self.stamp = 1000
-
-    def _on_inst(self, msg):
-        self.instances[msg.header.stamp.sec] = (time.monotonic(), msg)
-
-    def _on_mask(self, msg):
-        self.masks[msg.header.stamp.sec] = msg
-
-    def spin(self, seconds, until=lambda: False):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.rclpy.spin_once(self.node, timeout_sec=0.02)
-            if until():
-                return True
-        return False
-
-    def image(self, rgb=None, encoding="rgb8", step=None, data=None, h=None, w=None):
-        """An Image message with a fresh stamp (seconds field = frame number)."""
-        self.stamp += 1
-        msg = self.Image(encoding=encoding)
-        if rgb is not None:
-            msg.height, msg.width = rgb.shape[:2]
-            msg.step = step if step is not None else rgb.shape[1] * rgb.shape[2]
-            msg.data = data if data is not None else rgb.tobytes()
-        else:
-            msg.height, msg.width, msg.step, msg.data = h, w, step, data
-        msg.header.stamp.sec, msg.header.frame_id = self.stamp, "test_cam"
-        return msg
-
-    def send(self, msg, wait=True, compressed=False, timeout=30.0):
-        """Publish (again every 0.5 s: best effort) until the instances for it arrive."""
-        pub = self.pub_c if compressed else self.pub
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            pub.publish(msg)
-            if not wait or self.spin(0.5, lambda: msg.header.stamp.sec in self.instances):
-                break
-        return self.instances.get(msg.header.stamp.sec, (None, None))[1]
-
-    def call(self, client, request, timeout=30.0):
-        assert client.wait_for_service(timeout_sec=timeout)
-        future = client.call_async(request)
-        self.rclpy.spin_until_future_complete(self.node, future, timeout_sec=timeout)
-        assert future.done(), "no answer"
-        return future.result()
-
-    def set_prompts(self, prompts, mode=""):
-        return self.call(self.prompts, self.SetPrompts.Request(prompts=prompts, mode=mode))
-
-    def set_param(self, name, value):
-        from rcl_interfaces.srv import SetParameters
-        from rclpy.parameter import Parameter
-
-        req = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
-        return self.call(self.params, req).results[0]
-
-    def diagnostics(self):
-        self.diag.clear()
-        self.spin(5, lambda: bool(self.diag))
-        status = self.diag[-1].status[0]
-        return {kv.key: kv.value for kv in status.values}
-
-
 @pytest.fixture(scope="module")
 def ros(tmp_path_factory):
     _ros_or_skip()
@@ -138,29 +50,21 @@ def ros(tmp_path_factory):
     from mobius_ros.camera import demo_frames
 
     log = tmp_path_factory.mktemp("node") / "node.log"
-    prompts = "[" + ",".join(f"'{p}'" for p in PROMPTS) + "]"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mobius_ros.cli", "node", "--ros-args",
-             "-p", f"prompts:={prompts}", "-p", "score_threshold:=0.2", "-p", "threads:=1"],
-            stdout=f, stderr=subprocess.STDOUT, env=local_ros_env(DOMAIN), cwd=ROOT,
-        )  # fmt: skip
+    proc = start_node(
+        {"prompts": ros_list(PROMPTS), "score_threshold": "0.2", "threads": "1"}, DOMAIN, log
+    )
     rclpy.init()
-    client = Client()
+    client = Harness("mobius_test_client")
     try:
-        if not client.prompts.wait_for_service(timeout_sec=180):
+        if not client.wait_for_node(180):
             pytest.fail(f"the node did not come up:\n{log.read_text()[-3000:]}")
         client.frames = demo_frames(4, (480, 640))
         client.proc, client.log = proc, log
         yield client
     finally:
-        client.node.destroy_node()
+        client.close()
         rclpy.shutdown()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def _decode(inst):
@@ -174,7 +78,7 @@ def test_image_in_instances_out_with_header_and_consistent_ids(ros):
     msg = ros.image(ros.frames[0])
     out = ros.send(msg)
     assert out is not None, ros.log.read_text()[-2000:]
-    assert out.header.stamp.sec == msg.header.stamp.sec and out.header.frame_id == "test_cam"
+    assert out.header.stamp.sec == msg.header.stamp.sec and out.header.frame_id == "camera"
     assert list(out.prompts) == PROMPTS and out.mode == "category"
     assert len(out.instances) >= 1 and out.inference_ms > 0
     assert [i.id for i in out.instances] == list(range(1, len(out.instances) + 1))
@@ -244,10 +148,7 @@ def test_compressed_images_are_segmented(ros):
 
     buf = io.BytesIO()
     Image.fromarray(ros.frames[0]).save(buf, format="PNG")
-    ros.stamp += 1
-    msg = ros.CompressedImage(format="png", data=buf.getvalue())
-    msg.header.stamp.sec = ros.stamp
-    out = ros.send(msg, compressed=True)
+    out = ros.send(ros.compressed("png", buf.getvalue()))
     assert out is not None and len(out.instances) >= 1
 
 

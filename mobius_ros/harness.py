@@ -1,0 +1,188 @@
+"""Drive a running node from another process: camera, listener and clients on one rclpy
+node. Used by ``make demo``, the node tests and the ROS benchmarks.
+
+Frames get a unique ``header.stamp.sec`` (a frame counter), so each InstanceArray can be
+matched to the image it came from.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .localenv import local_ros_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_node(params: dict[str, str], domain_id: int, log: Path, source: bool = True):
+    """Start the node in its own process. ``params``: name -> ROS value text.
+    ``source``: run this checkout's code (python -m) rather than the installed executable."""
+    args = [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
+    exe = (
+        [sys.executable, "-m", "mobius_ros.cli", "node"]
+        if source
+        else [str(Path(sys.prefix) / "lib" / "mobius_ros" / "mobius_node")]
+    )
+    with open(log, "w") as f:
+        return subprocess.Popen([*exe, "--ros-args", *args], stdout=f, stderr=subprocess.STDOUT,
+                                env=local_ros_env(domain_id), cwd=ROOT)  # fmt: skip
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def ros_list(values: list[str]) -> str:
+    """A string list as a ROS parameter value on the command line."""
+    return "[" + ",".join(f"'{v}'" for v in values) + "]"
+
+
+class Harness:
+    """Publishers for ``image`` and ``image/compressed``; records ``instances`` (by frame
+    number, with arrival time), ``instance_mask`` and ``/diagnostics``; calls
+    ``set_prompts`` and ``/mobius/set_parameters``."""
+
+    def __init__(self, name: str = "mobius_harness") -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import CompressedImage, Image
+
+        from mobius_ros.msg import InstanceArray
+        from mobius_ros.srv import SetPrompts
+
+        self.rclpy, self.Image, self.CompressedImage = rclpy, Image, CompressedImage
+        self.node = rclpy.create_node(name)
+        self.pub = self.node.create_publisher(Image, "image", qos_profile_sensor_data)
+        self.pub_c = self.node.create_publisher(
+            CompressedImage, "image/compressed", qos_profile_sensor_data
+        )
+        self.instances: dict[int, tuple[float, Any]] = {}
+        self.masks: dict[int, Any] = {}
+        self.diag: list[Any] = []
+        self.node.create_subscription(InstanceArray, "instances", self._on_inst, 100)
+        self.node.create_subscription(Image, "instance_mask", self._on_mask, 10)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diag.append, 10)
+        self.prompts = self.node.create_client(SetPrompts, "set_prompts")
+        self.params = self.node.create_client(SetParameters, "/mobius/set_parameters")
+        self.SetPrompts, self.SetParameters = SetPrompts, SetParameters
+        self.stamp = 1000
+        self.qos_sensor = qos_profile_sensor_data
+
+    def _on_inst(self, msg: Any) -> None:
+        self.instances[msg.header.stamp.sec] = (time.monotonic(), msg)
+
+    def _on_mask(self, msg: Any) -> None:
+        self.masks[msg.header.stamp.sec] = msg
+
+    def spin(self, seconds: float, until=lambda: False) -> bool:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.rclpy.spin_once(self.node, timeout_sec=0.01)
+            if until():
+                return True
+        return False
+
+    def wait_for_node(self, timeout: float = 240.0) -> bool:
+        return self.prompts.wait_for_service(timeout_sec=timeout)
+
+    def image(self, rgb=None, encoding="rgb8", step=None, data=None, h=None, w=None) -> Any:
+        """An Image message with a fresh stamp (seconds field = frame number)."""
+        self.stamp += 1
+        msg = self.Image(encoding=encoding)
+        if rgb is not None:
+            msg.height, msg.width = rgb.shape[:2]
+            msg.step = step if step is not None else rgb.shape[1] * rgb.shape[2]
+            msg.data = data if data is not None else rgb.tobytes()
+        else:
+            msg.height, msg.width, msg.step, msg.data = h, w, step, data
+        msg.header.stamp.sec, msg.header.frame_id = self.stamp, "camera"
+        return msg
+
+    def compressed(self, fmt: str, data: bytes) -> Any:
+        self.stamp += 1
+        msg = self.CompressedImage(format=fmt, data=data)
+        msg.header.stamp.sec, msg.header.frame_id = self.stamp, "camera"
+        return msg
+
+    def send(self, msg: Any, wait: bool = True, timeout: float = 30.0) -> Any:
+        """Publish (again every 0.5 s: best effort) until the instances for it arrive;
+        returns that InstanceArray (None if ``wait`` is False or it never came)."""
+        pub = self.pub_c if isinstance(msg, self.CompressedImage) else self.pub
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            pub.publish(msg)
+            if not wait or self.spin(0.5, lambda: msg.header.stamp.sec in self.instances):
+                break
+        return self.instances.get(msg.header.stamp.sec, (None, None))[1]
+
+    def stream(self, frames: list[Any], rate: float, seconds: float, drain: float = 2.0,
+               on_frame=None) -> list[tuple[float, float, Any]]:  # fmt: skip
+        """Publish ``frames`` (RGB arrays, cycled) at ``rate`` Hz for ``seconds``, then wait
+        ``drain`` s; returns (sent, arrived, InstanceArray) per frame that came back, in
+        order. ``on_frame(i)`` runs before each publish (e.g. to read diagnostics)."""
+        sent: dict[int, float] = {}
+        start, i = time.monotonic(), 0
+        while time.monotonic() - start < seconds:
+            if on_frame is not None:
+                on_frame(i)
+            msg = self.image(frames[i % len(frames)])
+            sent[msg.header.stamp.sec] = time.monotonic()
+            self.pub.publish(msg)
+            i += 1
+            self.spin(max(0.0, start + i / rate - time.monotonic()))
+        self.spin(drain)
+        return sorted((sent[s], t, m) for s, (t, m) in self.instances.items() if s in sent)
+
+    def call(self, client: Any, request: Any, timeout: float = 30.0) -> Any:
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise RuntimeError(f"service {client.srv_name} did not appear")
+        future = client.call_async(request)
+        self.rclpy.spin_until_future_complete(self.node, future, timeout_sec=timeout)
+        if not future.done():
+            raise RuntimeError(f"service {client.srv_name} did not answer")
+        return future.result()
+
+    def set_prompts(self, prompts: list[str], mode: str = "") -> Any:
+        return self.call(self.prompts, self.SetPrompts.Request(prompts=prompts, mode=mode))
+
+    def set_param(self, name: str, value: Any) -> Any:
+        from rclpy.parameter import Parameter
+
+        p = Parameter(name, value=value).to_parameter_msg()
+        return self.call(self.params, self.SetParameters.Request(parameters=[p])).results[0]
+
+    def diagnostics(self, timeout: float = 5.0) -> dict[str, str]:
+        """The next /diagnostics status of the node, as a dict."""
+        self.diag.clear()
+        self.spin(timeout, lambda: bool(self.diag))
+        if not self.diag:
+            return {}
+        return {kv.key: kv.value for kv in self.diag[-1].status[0].values}
+
+    def grab_overlay(self, seconds: float = 3.0) -> Any:
+        """Subscribe to ``overlay`` for a while and return the frame whose InstanceArray had
+        the most instances (the node draws overlays only while someone subscribes)."""
+        overlays: dict[int, Any] = {}
+        sub = self.node.create_subscription(
+            self.Image, "overlay", lambda m: overlays.__setitem__(m.header.stamp.sec, m),
+            self.qos_sensor,
+        )  # fmt: skip
+        self.spin(seconds)
+        self.node.destroy_subscription(sub)
+        if not overlays:
+            return None
+        count = {s: len(m.instances) for s, (_, m) in self.instances.items()}
+        return max(overlays.items(), key=lambda kv: count.get(kv[0], -1))[1]
+
+    def close(self) -> None:
+        self.node.destroy_node()
