@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mobius_core.imageops import resize_maps
+from mobius_core.imageops import threshold_resized
 from mobius_core.rle import encode_rle
 
 __all__ = ["TASKS", "Instances", "PostProcessor", "RawOutputs", "instances_to_coco"]
@@ -98,7 +98,6 @@ class PostProcessor:
             probability inside its binary mask (Mask2Former's mask-quality score). Selection
             (threshold, top_k, referring argmax) uses the class score; the returned instances
             are then re-sorted by the final score (referring keeps prompt order).
-        mask_chunk: masks are resized this many at a time to bound peak memory.
     """
 
     def __init__(
@@ -107,17 +106,13 @@ class PostProcessor:
         top_k: int = 100,
         mask_threshold: float = 0.0,
         score_with_mask: bool = False,
-        mask_chunk: int = 16,
     ) -> None:
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
-        if mask_chunk < 1:
-            raise ValueError(f"mask_chunk must be >= 1, got {mask_chunk}")
         self.score_threshold = float(score_threshold)
         self.top_k = int(top_k)
         self.mask_threshold = float(mask_threshold)
         self.score_with_mask = bool(score_with_mask)
-        self.mask_chunk = int(mask_chunk)
 
     def __repr__(self) -> str:
         return (
@@ -260,18 +255,17 @@ class PostProcessor:
         n = int(query_idx.size)
         out_masks = np.zeros((n, img_h, img_w), dtype=bool)
         mask_scores = np.ones(n, dtype=np.float32)
-        for start in range(0, n, self.mask_chunk):
-            idx = query_idx[start : start + self.mask_chunk]
-            m = masks[idx, :crop_h, :crop_w].astype(np.float32)  # [n,h',w']
-            if img_h > 0 and img_w > 0:
-                m = resize_maps(m, (img_h, img_w))
-            binary = m > self.mask_threshold
-            out_masks[start : start + idx.size] = binary
+        for k, q in enumerate(query_idx.tolist()):
+            m = masks[q, :crop_h, :crop_w]  # [h',w'] logits
+            if img_h <= 0 or img_w <= 0:
+                continue
+            binary, values, win = threshold_resized(m, (img_h, img_w), self.mask_threshold)
+            out_masks[k] = binary
             if self.score_with_mask:
-                area = np.maximum(binary.reshape(len(idx), -1).sum(1), 1)
-                prob = 1.0 / (1.0 + np.exp(-m))
-                inside = (prob * binary).reshape(len(idx), -1).sum(1)
-                mask_scores[start : start + idx.size] = inside / area
+                inside = binary[win]
+                area = max(int(inside.sum()), 1)
+                prob = 1.0 / (1.0 + np.exp(-values)) if values is not None else 0.0
+                mask_scores[k] = float((prob * inside).sum()) / area
 
         scores = scores.astype(np.float32)
         if self.score_with_mask:

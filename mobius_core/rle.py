@@ -51,7 +51,29 @@ def _check_mask(mask: Any) -> np.ndarray:
 
 
 def _run_lengths(mask: np.ndarray) -> np.ndarray:
-    """``[H, W]`` bool -> int64 run lengths of the Fortran-order flattening, zeros first."""
+    """``[H, W]`` bool -> int64 run lengths of the Fortran-order flattening, zeros first.
+
+    Only the columns that hold foreground are scanned: the background columns before and
+    after them join the first and last runs (an object's cost, not the image's)."""
+    h, w = mask.shape
+    cols = np.flatnonzero(mask.any(0)) if mask.size else np.zeros(0, np.int64)
+    if cols.size == 0:
+        return np.array([h * w], dtype=np.int64)
+    c0, c1 = int(cols[0]), int(cols[-1])
+    if c0 == 0 and c1 == w - 1:
+        return _scan(mask)
+    counts = _scan(mask[:, c0 : c1 + 1])
+    counts[0] += c0 * h  # background columns before: more leading zeros
+    after = (w - 1 - c1) * h
+    if after:
+        if len(counts) % 2 == 1:  # the last run is background: extend it
+            counts[-1] += after
+        else:
+            counts = np.concatenate((counts, [after]))
+    return counts
+
+
+def _scan(mask: np.ndarray) -> np.ndarray:
     flat = mask.ravel(order="F")  # a view when ``mask`` is Fortran-contiguous
     n = flat.size
     if n == 0:

@@ -81,6 +81,8 @@ class BudgetController:
         levels: from :func:`build_ladder`, best quality first.
         target_fps: the rate to hold; 0 turns the controller off (level 0).
         margin: a level fits when its latency is at most (1 - margin) / target_fps.
+        slack: the level in use is left only when its latency exceeds (1 + slack) /
+            target_fps (noise alone should not move it).
         dwell: frames to measure at a level before the next move.
         smoothing: weight of the newest frame in the latency average.
         memory_s: how long a level measured too slow is not probed again.
@@ -91,8 +93,9 @@ class BudgetController:
         levels: Sequence[Level],
         target_fps: float = 0.0,
         margin: float = 0.05,
-        dwell: int = 5,
-        smoothing: float = 0.3,
+        slack: float = 0.03,
+        dwell: int = 8,
+        smoothing: float = 0.2,
         memory_s: float = 30.0,
     ) -> None:
         if not levels:
@@ -102,7 +105,10 @@ class BudgetController:
         if dwell < 1 or not 0.0 < smoothing <= 1.0 or memory_s < 0:
             raise ValueError("dwell >= 1, 0 < smoothing <= 1 and memory_s >= 0 are required")
         self.levels = list(levels)
+        if not 0.0 <= slack < 0.5:
+            raise ValueError(f"slack must be in [0, 0.5), got {slack}")
         self.margin, self.dwell, self.smoothing, self.memory_s = margin, dwell, smoothing, memory_s
+        self.slack = slack
         self.index = 0
         self.moves = 0
         self._avg: float | None = None
@@ -164,7 +170,7 @@ class BudgetController:
         if self._frames < self.dwell:
             return False
         fits = (1.0 - self.margin) * self.budget_s
-        if self._avg > self.budget_s:  # over budget: the best level predicted to fit
+        if self._avg > (1.0 + self.slack) * self.budget_s:  # over: the best level that fits
             for j in range(self.index + 1, len(self.levels)):
                 if self._estimate(j, now) <= fits:
                     return self._move(j)

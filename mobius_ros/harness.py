@@ -50,7 +50,7 @@ class Harness:
     number, with arrival time), ``instance_mask`` and ``/diagnostics``; calls
     ``set_prompts`` and ``/mobius/set_parameters``."""
 
-    def __init__(self, name: str = "mobius_harness") -> None:
+    def __init__(self, name: str = "mobius_harness", masks: bool = True) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rcl_interfaces.srv import SetParameters
@@ -70,7 +70,8 @@ class Harness:
         self.masks: dict[int, Any] = {}
         self.diag: list[Any] = []
         self.node.create_subscription(InstanceArray, "instances", self._on_inst, 100)
-        self.node.create_subscription(Image, "instance_mask", self._on_mask, 10)
+        if masks:  # the node computes the label image only while someone subscribes
+            self.node.create_subscription(Image, "instance_mask", self._on_mask, 10)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diag.append, 10)
         self.prompts = self.node.create_client(SetPrompts, "set_prompts")
         self.params = self.node.create_client(SetParameters, "/mobius/set_parameters")

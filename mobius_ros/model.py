@@ -100,7 +100,12 @@ def load_model(p: NodeParams) -> LoadedModel:
             text = TorchTextSource(build_text_encoder_from_config(_config(cfg_name).model))
         what = f"{name}, {model_path}"
     pad_to = getattr(backend, "fixed_hw", None)
-    seg = Segmenter(backend, text, size, post=post, pad_to=pad_to)
+    pre = None
+    if name == "onnxruntime":  # the same preprocessing in ORT's kernels: ~3 ms less per frame
+        from mobius_core.export.preprocess_graph import OrtPreprocessor
+
+        pre = OrtPreprocessor()
+    seg = Segmenter(backend, text, size, post=post, pad_to=pad_to, preprocessor=pre)
     default = Level(size, default_prune if p.pruning else None, default_keep)
     ladder = build_ladder(
         budget_sizes(p, size, dynamic),

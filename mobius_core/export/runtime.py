@@ -366,6 +366,8 @@ class Segmenter:
     prune: ``{"prune_low", "prune_high", "prune_beta"}`` or None (off); ``min_keep``.
     pad_to: the (H, W) of a graph exported for one size; images are resized to fit inside
     it (short side and long side capped) and zero-padded to it.
+    preprocessor: a callable like ``imageops.preprocess`` (the default), e.g. the
+    onnxruntime ``OrtPreprocessor`` that computes the same thing faster.
     """
 
     def __init__(
@@ -378,8 +380,10 @@ class Segmenter:
         prune: dict[str, float] | None = None,
         min_keep: int = 100,
         pad_to: tuple[int, int] | None = None,
+        preprocessor: Any = None,
     ) -> None:
         self.backend = backend
+        self.preprocess = preprocessor or preprocess
         self.text = text
         self.short_side, self.max_size = short_side, max_size
         self.post = post or PostProcessor()
@@ -423,7 +427,7 @@ class Segmenter:
             raise ValueError("no prompts set; call set_prompts first")
         arrays, task = current
         t0 = time.perf_counter()
-        batch, sizes = preprocess(images, self.short_side, self.max_size)
+        batch, sizes = self.preprocess(images, self.short_side, self.max_size)
         if self.pad_to is not None:
             batch = pad_batch(batch, self.pad_to)
         feed = make_feed(batch, arrays, self.prune, self.min_keep)

@@ -43,3 +43,29 @@ def test_preprocess_resizes_pads_and_reports_sizes():
         preprocess([np.zeros((10, 10), np.uint8)], 32)
     with pytest.raises(ValueError, match="at least one"):
         preprocess([], 32)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "fill"),
+    [((20, 27), (480, 640), "blob"), ((20, 27), (480, 640), "none"), ((20, 27), (37, 50), "all"),
+     ((5, 7), (5, 7), "blob"), ((9, 9), (4, 3), "blob"), ((20, 27), (480, 640), "corner")],
+)  # fmt: skip
+def test_threshold_resized_equals_resizing_everything(shape, size, fill):
+    from mobius_core.imageops import resize_maps, threshold_resized
+
+    rng = np.random.default_rng(3)
+    m = rng.normal(-4, 1, shape).astype(np.float32)
+    if fill == "blob":
+        m[shape[0] // 3 : shape[0] // 2 + 1, 2:5] += 6
+    elif fill == "all":
+        m += 10
+    elif fill == "corner":
+        m[-1, -1] = 3
+    ref = resize_maps(m[None], size)[0]
+    binary, values, win = threshold_resized(m, size, 0.0)
+    np.testing.assert_array_equal(binary, ref > 0)
+    if values is None:
+        assert not binary.any()
+    else:
+        np.testing.assert_allclose(values, ref[win], rtol=1e-5, atol=1e-5)
+        assert not binary[: win[0].start].any() and not binary[:, win[1].stop :].any()

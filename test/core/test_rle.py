@@ -181,3 +181,17 @@ def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def test_column_window_gives_the_same_runs_as_a_full_scan():
+    from mobius_core.rle import _run_lengths, _scan
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        h, w = rng.integers(1, 12, 2)
+        m = np.zeros((h, w), bool)
+        if rng.random() < 0.9:
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            m[y0 : y0 + rng.integers(1, h + 1), x0 : x0 + rng.integers(1, w + 1)] = True
+            m &= rng.random((h, w)) < 0.8
+        np.testing.assert_array_equal(_run_lengths(m), _scan(m))

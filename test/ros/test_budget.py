@@ -56,7 +56,7 @@ def test_settles_within_budget_and_stops_moving(target):
     assert latency_of(ctrl.levels[final - 1]) > 0.9 / target  # ...leaving little quality unused
     rate = 1 / np.maximum(lat[50:], 1 / target)  # throttled to the target
     assert abs(rate.mean() - target) / target < 0.1
-    assert len(set(idx[60:])) == 1  # no oscillation once settled
+    assert len(set(idx[100:])) == 1  # no oscillation once settled
     assert ctrl.moves <= 6
 
 
