@@ -92,7 +92,7 @@ def run_demo(out: Path, seconds: float = 10.0, rate: float = 15.0, domain_id: in
             records = h.stream(frames, rate, seconds)
             stats = phase_stats(records)
             labels = sorted({i.label for _, _, m in records for i in m.instances})
-            overlay = h.grab_overlay()
+            overlay = h.grab_overlay(frames, rate)
             png = None
             if overlay is not None:
                 png = f"overlay_{len(phases) + 1}.png"

@@ -170,15 +170,17 @@ class Harness:
             return {}
         return {kv.key: kv.value for kv in self.diag[-1].status[0].values}
 
-    def grab_overlay(self, seconds: float = 3.0) -> Any:
-        """Subscribe to ``overlay`` for a while and return the frame whose InstanceArray had
-        the most instances (the node draws overlays only while someone subscribes)."""
+    def grab_overlay(self, frames: list[Any], rate: float, seconds: float = 3.0) -> Any:
+        """Subscribe to ``overlay`` while streaming ``frames`` and return the overlay whose
+        InstanceArray had the most instances (the node draws overlays only while someone
+        subscribes, so measured phases run without that cost)."""
         overlays: dict[int, Any] = {}
         sub = self.node.create_subscription(
             self.Image, "overlay", lambda m: overlays.__setitem__(m.header.stamp.sec, m),
             self.qos_sensor,
         )  # fmt: skip
-        self.spin(seconds)
+        self.spin(0.5)  # let the subscription match
+        self.stream(frames, rate, seconds, drain=1.0)
         self.node.destroy_subscription(sub)
         if not overlays:
             return None

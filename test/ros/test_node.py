@@ -197,3 +197,38 @@ def test_a_30hz_flood_of_1080p_frames_keeps_memory_flat_and_frames_fresh(ros):
     print(f"flood: sent {sent}, results {len(got)}, max age {max(ages):.2f} s, "
           f"rss {early:.0f} -> {late:.0f} MB")  # fmt: skip
     assert late - early < 60, (early, late)
+
+
+def test_referring_mode_gives_one_instance_per_expression(ros):
+    exprs = ["the largest hexagon", "the leftmost star"]
+    assert ros.set_prompts(exprs, "referring").success
+    try:
+        out = ros.send(ros.image(ros.frames[0]))
+        assert out.mode == "referring" and list(out.prompts) == exprs
+        assert len(out.instances) == len(exprs)  # referring: exactly one per expression
+        assert [i.prompt_index for i in out.instances] == [0, 1]
+    finally:
+        assert ros.set_prompts(PROMPTS, "category").success
+
+
+def test_markers_outline_every_instance(ros):
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    got = {}
+    sub = ros.node.create_subscription(
+        MarkerArray, "markers", lambda m: got.__setitem__(m.markers[0].header.stamp.sec, m), 10
+    )
+    try:
+        ros.spin(0.5)
+        msg = ros.image(ros.frames[0])
+        out = ros.send(msg)
+        ros.spin(3, lambda: msg.header.stamp.sec in got)
+        markers = got[msg.header.stamp.sec].markers
+        assert markers[0].action == Marker.DELETEALL
+        boxes = [m for m in markers if m.ns == "boxes"]
+        labels = [m for m in markers if m.ns == "labels"]
+        assert len(boxes) == len(labels) == len(out.instances) >= 1
+        assert all(len(b.points) == 5 and b.header.frame_id == "camera" for b in boxes)
+        assert {t.text.rsplit(" ", 1)[0] for t in labels} == {i.label for i in out.instances}
+    finally:
+        ros.node.destroy_subscription(sub)
