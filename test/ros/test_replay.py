@@ -1,0 +1,145 @@
+"""Bags and replay: a generated bag through the real node, and bags with problems."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mobius_ros.bags import (
+    IMAGE_TOPIC,
+    BagRecorder,
+    ReadReport,
+    bag_topics,
+    make_bag,
+    read_frames,
+    typestore,
+)
+
+DOMAIN = 20 + (os.getpid() + 30) % 60
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_make_bag_writes_frames_and_timestamped_ground_truth(tmp_path, storage):
+    bag, gt_path = make_bag(tmp_path, "val", 4, size=(64, 80), fps=5.0, storage=storage)
+    assert bag_topics(bag) == {IMAGE_TOPIC: "sensor_msgs/msg/Image",
+                               "/camera/camera_info": "sensor_msgs/msg/CameraInfo"}  # fmt: skip
+    report = ReadReport()
+    frames = list(read_frames(bag, IMAGE_TOPIC, report))
+    gt = json.loads(gt_path.read_text())
+    assert len(frames) == 4 == len(gt["images"]) and report.frames == 4
+    assert [f.stamp_ns for f in frames] == [im["timestamp_ns"] for im in gt["images"]]
+    assert np.diff([f.stamp_ns for f in frames]).tolist() == [200_000_000] * 3
+    assert frames[0].rgb.shape == (64, 80, 3)
+    with pytest.raises(FileExistsError):
+        make_bag(tmp_path, "val", 1)
+
+
+def _messy_bag(path):
+    """Images with a CameraInfo, a truncated image and an old stamp on the image topic."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    ts = typestore()
+    Image, Info = ts.types["sensor_msgs/msg/Image"], ts.types["sensor_msgs/msg/CameraInfo"]
+    Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+
+    def image(sec, data_len=None):
+        data = np.full(8 * 6 * 3, 100, np.uint8)[:data_len]
+        return Image(header=Header(stamp=Time(sec=sec, nanosec=0), frame_id="c"), height=6,
+                     width=8, encoding="rgb8", is_bigendian=0, step=24, data=data)  # fmt: skip
+
+    info = ts.types["sensor_msgs/msg/CameraInfo"]
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        c_img = w.add_connection(IMAGE_TOPIC, Image.__msgtype__, typestore=ts)
+        c_info = w.add_connection(IMAGE_TOPIC, Info.__msgtype__, typestore=ts)
+        w.write(c_img, 1, ts.serialize_cdr(image(10), Image.__msgtype__))
+        roi = ts.types["sensor_msgs/msg/RegionOfInterest"](
+            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)  # fmt: skip
+        msg = info(header=Header(stamp=Time(sec=11, nanosec=0), frame_id="c"), height=6, width=8,
+                   distortion_model="", d=np.zeros(0), k=np.zeros(9), r=np.zeros(9),
+                   p=np.zeros(12), binning_x=0, binning_y=0, roi=roi)  # fmt: skip
+        w.write(c_info, 2, ts.serialize_cdr(msg, Info.__msgtype__))
+        w.write(c_img, 3, ts.serialize_cdr(image(12, data_len=50), Image.__msgtype__))
+        w.write(c_img, 4, ts.serialize_cdr(image(9), Image.__msgtype__))  # older stamp
+        w.write(c_img, 5, ts.serialize_cdr(image(13), Image.__msgtype__))
+
+
+def test_messy_bags_are_read_as_far_as_possible(tmp_path):
+    _messy_bag(tmp_path / "messy")
+    report = ReadReport()
+    frames = list(read_frames(tmp_path / "messy", IMAGE_TOPIC, report))
+    assert [f.stamp_ns // 10**9 for f in frames] == [10, 9, 13]
+    assert report.skipped_type == 1 and report.skipped_corrupt == 1 and report.out_of_order == 1
+    text = " ".join(report.problems)
+    assert "CameraInfo" in text and "truncated" in text and "older" in text
+    with pytest.raises(ValueError, match="not in"):
+        list(read_frames(tmp_path / "messy", "/other", ReadReport()))
+    with pytest.raises(ValueError, match="cannot open bag"):
+        bag_topics(tmp_path / "nothing_here")
+
+
+def test_a_corrupt_file_gives_a_clear_message(tmp_path):
+    bag, _ = make_bag(tmp_path / "b", "val", 3, size=(32, 32))
+    mcap = next(bag.glob("*.mcap"))
+    data = bytearray(mcap.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 400] = b"\xff" * 400
+    mcap.write_bytes(bytes(data))
+    report = ReadReport()
+    try:
+        frames = list(read_frames(bag, IMAGE_TOPIC, report))
+    except ValueError as exc:  # the index itself is gone: refused with the reason
+        assert "cannot open bag" in str(exc)
+    else:  # what could be read is returned, and the loss is reported
+        assert len(frames) + report.skipped_corrupt == 3
+        assert len(frames) < 3 and "corrupt" in " ".join(report.problems)
+
+
+def test_recorder_leaves_a_readable_bag_when_interrupted(tmp_path):
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import String  # noqa: F401  (rclpy messages serialize for the recorder)
+
+    pytest.importorskip("mobius_ros.msg", reason="run `make ros`")
+    from mobius_ros.msg import InstanceArray
+
+    with contextlib.suppress(KeyboardInterrupt), BagRecorder(tmp_path / "out") as rec:
+        for i in range(3):
+            rec.write("/mobius/instances", "mobius_ros/msg/InstanceArray", i + 1,
+                      serialize_message(InstanceArray(mode="category", prompts=["a"])))  # fmt: skip
+        raise KeyboardInterrupt
+    from rosbags.rosbag2 import Reader
+
+    with Reader(tmp_path / "out") as reader:
+        assert reader.message_count == 3
+
+
+@pytest.mark.ros
+def test_replay_through_the_node_matches_mobius_eval(tmp_path):
+    pytest.importorskip("rclpy", reason="run `make ros`")
+    pytest.importorskip("mobius_ros.msg", reason="run `make ros`")
+    from mobius_core.cli import main as mobius
+    from mobius_ros.replay import run_replay
+
+    bag, gt = make_bag(tmp_path / "val", "val", 6)
+    report = run_replay(bag, IMAGE_TOPIC, tmp_path / "out", None, None, gt, domain_id=DOMAIN)
+    assert report["frames"] == report["published"] == report["outputs"] == 6
+    assert report["dropped"] == 0 and report["fps"] > 0
+    assert 0 < report["latency_p50_ms"] <= report["latency_p95_ms"] <= report["latency_max_ms"]
+    assert len(report["per_frame"]) == 6 and all(f["kept_queries"] > 0 for f in report["per_frame"])
+    for f in ("report.json", "report.md", "latency.png", "fps.png", "kept.png"):
+        assert (tmp_path / "out" / f).is_file()
+    assert bag_topics(tmp_path / "out" / "outputs") == {
+        "/mobius/instances": "mobius_ros/msg/InstanceArray"
+    }
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert (
+            mobius(["eval", "shapes_tiny", "--synthetic", "val", "--num-images", "6", "--json"])
+            == 0
+        )
+    ref = json.loads(buf.getvalue().strip().splitlines()[-1])
+    assert abs(report["mask_ap"] - ref["mask_ap"]) <= 1.0, (report["mask_ap"], ref["mask_ap"])
+    assert report["gt_images"] == 6
