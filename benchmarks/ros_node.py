@@ -11,8 +11,8 @@ message. An in-process breakdown of the same steps follows.
 
 budget: the node's saturated rate (camera at 60 Hz) is measured with the budget at its
 best level (no pruning, full size) and at its fastest level (an unreachable target);
-targets between the two are then set at run time through the parameter service while a camera publishes at
-60 Hz, and the delivered rate is followed frame by frame.
+targets between the two are then set at run time through the parameter service while a
+camera publishes at 60 Hz, and the delivered rate is followed frame by frame.
 """
 
 from __future__ import annotations
