@@ -135,21 +135,28 @@ def padded_size(h: int, w: int, divisor: int = SIZE_DIVISOR) -> tuple[int, int]:
     return -(-h // divisor) * divisor, -(-w // divisor) * divisor
 
 
+def input_sizes(
+    images: Sequence[np.ndarray], short_side: int, max_size: int
+) -> list[tuple[int, int]]:
+    """Each image's resized (h, w); a ValueError naming the problem for a bad batch."""
+    if not images:
+        raise ValueError("preprocess needs at least one image")
+    sizes = []
+    for image in images:
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+            shape = getattr(image, "shape", type(image).__name__)
+            raise ValueError(f"an image must be an [H,W,3] RGB array, got {shape}")
+        sizes.append(resized_size(image.shape[0], image.shape[1], short_side, max_size))
+    return sizes
+
+
 def preprocess(
     images: Sequence[np.ndarray], short_side: int, max_size: int = 1333
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Images [H,W,3] uint8 RGB -> (batch [B,3,Hp,Wp] float32 in [0,1], zero-padded at the
     bottom/right to multiples of 32; each image's resized (h, w) inside the batch)."""
-    if not images:
-        raise ValueError("preprocess needs at least one image")
-    resized, sizes = [], []
-    for image in images:
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-            shape = getattr(image, "shape", type(image).__name__)
-            raise ValueError(f"an image must be an [H,W,3] RGB array, got {shape}")
-        size = resized_size(image.shape[0], image.shape[1], short_side, max_size)
-        resized.append(resize_image(image, size))
-        sizes.append(size)
+    sizes = input_sizes(images, short_side, max_size)
+    resized = [resize_image(image, size) for image, size in zip(images, sizes)]
     hp, wp = padded_size(max(s[0] for s in sizes), max(s[1] for s in sizes))
     batch = np.zeros((len(images), 3, hp, wp), dtype=np.float32)
     for i, (r, (h, w)) in enumerate(zip(resized, sizes)):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..imageops import padded_size, resized_size
+from ..imageops import input_sizes, padded_size
 
 
 def _graph_bytes() -> bytes:
@@ -71,16 +71,10 @@ class OrtPreprocessor:
     def __call__(
         self, images: Sequence[np.ndarray], short_side: int, max_size: int = 1333
     ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        if not images:
-            raise ValueError("preprocess needs at least one image")
-        sizes, outs = [], []
+        sizes, outs = input_sizes(images, short_side, max_size), []
         for image in images:
-            if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-                shape = getattr(image, "shape", type(image).__name__)
-                raise ValueError(f"an image must be an [H,W,3] RGB array, got {shape}")
             if image.dtype != np.uint8:
                 raise ValueError(f"OrtPreprocessor takes uint8 images, got {image.dtype}")
-            sizes.append(resized_size(image.shape[0], image.shape[1], short_side, max_size))
         hp, wp = padded_size(max(s[0] for s in sizes), max(s[1] for s in sizes))
         for image, (h, w) in zip(images, sizes):
             feed = {
