@@ -136,4 +136,4 @@ def test_worker_min_period_throttles_the_start_rate():
         w.close()
     gaps = np.diff(starts)
     assert len(starts) >= 5 and gaps.min() >= 0.045
-    assert 8 <= len(starts) <= 14  # ~0.6 s / 0.05 s
+    assert len(starts) <= 14  # at most ~0.6 s / 0.05 s, however fast frames come
