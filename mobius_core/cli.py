@@ -259,8 +259,7 @@ def _segmenter(args: argparse.Namespace, cfg, threshold: float = 0.3):
 
     name = backend_name(args.backend)
     p = cfg.model.pruning
-    prune = {"prune_low": p.low, "prune_high": p.high, "prune_beta": p.beta}
-    min_keep = p.min_keep
+    d = io_spec.pruning_values(p)
     pad_to, size, max_size = None, args.size or cfg.model.input_size, 1333
     if name == "torch":
         model = _load_model(cfg, args.checkpoint, args.overrides)
@@ -270,11 +269,7 @@ def _segmenter(args: argparse.Namespace, cfg, threshold: float = 0.3):
         if not args.model:
             raise ValueError(f"--backend {args.backend} needs --model (from `mobius export`)")
         backend = load_backend(name, args.model)
-        meta = getattr(backend, "meta", {})
-        if io_spec.META_DEFAULT_PRUNING in meta:
-            d = json.loads(meta[io_spec.META_DEFAULT_PRUNING])
-            prune = {k: d[k] for k in ("prune_low", "prune_high", "prune_beta")}
-            min_keep = d["min_keep"]
+        d = io_spec.default_pruning(getattr(backend, "meta", {}), p)
         fixed = getattr(backend, "fixed_hw", None)
         if fixed:
             pad_to, size, max_size = fixed, min(fixed), max(fixed)
@@ -286,6 +281,8 @@ def _segmenter(args: argparse.Namespace, cfg, threshold: float = 0.3):
             from .build import build_text_encoder_from_config
 
             text = TorchTextSource(build_text_encoder_from_config(cfg.model))
+    prune = {k: d[k] for k in ("prune_low", "prune_high", "prune_beta")}
+    min_keep = d["min_keep"]
     if getattr(args, "no_prune", False):
         prune = None
     post = PostProcessor(score_threshold=threshold)

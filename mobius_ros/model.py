@@ -8,7 +8,6 @@ for one fixed size keeps that size and the budget uses pruning alone.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from mobius_core.export import io_spec
@@ -28,9 +27,15 @@ from .params import NodeParams
 @dataclass
 class LoadedModel:
     segmenter: Segmenter
-    ladder: list[Level]
+    sizes: list[int]  # input sizes the budget may use, largest first
+    beta: float  # the model's pruning-schedule beta
     default_level: Level  # used when the budget is off
     description: str
+
+    def ladder(self, p: NodeParams) -> list[Level]:
+        """The budget ladder for the pruning ranges in ``p`` (rebuilt when they change)."""
+        return build_ladder(self.sizes, tuple(p.prune_low_range), tuple(p.prune_high_range),
+                            tuple(p.min_keep_range), p.prune_steps, self.beta)  # fmt: skip
 
 
 def _config(name: str):
@@ -62,9 +67,8 @@ def load_model(p: NodeParams) -> LoadedModel:
         model = _load_model(cfg, p.model or None, [])
         backend = TorchBackend(model, cfg.model.pruning.schedule)
         text = TorchTextSource(model.text_encoder)
-        pr = cfg.model.pruning
-        default_prune = (pr.low, pr.high, pr.beta)
-        default_keep, size, dynamic = pr.min_keep, p.input_size or cfg.model.input_size, True
+        d = io_spec.pruning_values(cfg.model.pruning)
+        size, dynamic = p.input_size or cfg.model.input_size, True
         what = f"torch, {cfg.name}" + (f" from {p.model}" if p.model else " (shipped weights)")
     else:
         model_path = p.model
@@ -78,13 +82,7 @@ def load_model(p: NodeParams) -> LoadedModel:
         backend = load_backend(name, model_path, threads=p.threads)
         meta = getattr(backend, "meta", {})
         cfg_name = p.config or meta.get(io_spec.META_CONFIG, "")
-        d = json.loads(meta.get(io_spec.META_DEFAULT_PRUNING, "null") or "null")
-        if d is None:
-            pr = _config(cfg_name).model.pruning
-            d = {"prune_low": pr.low, "prune_high": pr.high, "prune_beta": pr.beta,
-                 "min_keep": pr.min_keep}  # fmt: skip
-        default_prune = (d["prune_low"], d["prune_high"], d["prune_beta"])
-        default_keep = int(d["min_keep"])
+        d = io_spec.default_pruning(meta, _config(cfg_name).model.pruning)
         fixed = getattr(backend, "fixed_hw", None)
         exported = getattr(backend, "input_hw", (0, 0)) or (0, 0)
         size = p.input_size or (min(fixed) if fixed else min(exported) or 320)
@@ -106,17 +104,10 @@ def load_model(p: NodeParams) -> LoadedModel:
 
         pre = OrtPreprocessor()
     seg = Segmenter(backend, text, size, post=post, pad_to=pad_to, preprocessor=pre)
-    default = Level(size, default_prune if p.pruning else None, default_keep)
-    ladder = build_ladder(
-        budget_sizes(p, size, dynamic),
-        tuple(p.prune_low_range),
-        tuple(p.prune_high_range),
-        tuple(p.min_keep_range),
-        p.prune_steps,
-        default_prune[2],
-    )
+    default_prune = (d["prune_low"], d["prune_high"], d["prune_beta"])
+    default = Level(size, default_prune if p.pruning else None, int(d["min_keep"]))
     apply_level(seg, default)
-    return LoadedModel(seg, ladder, default, what)
+    return LoadedModel(seg, budget_sizes(p, size, dynamic), d["prune_beta"], default, what)
 
 
 def apply_level(seg: Segmenter, level: Level) -> None:

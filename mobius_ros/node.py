@@ -26,7 +26,7 @@ from mobius_ros.msg import Instance, InstanceArray
 from mobius_ros.srv import SetPrompts
 
 from . import params as P
-from .budget import BudgetController, build_ladder
+from .budget import BudgetController
 from .conversions import (
     ImageError,
     compressed_to_rgb,
@@ -73,7 +73,7 @@ class SegmentationNode(Node):
         if not r.success:
             raise ValueError(f"initial prompts from parameters: {r.message}")
         self.log.info(r.message)
-        self.budget = BudgetController(self.model.ladder, self.p.target_fps)
+        self.budget = BudgetController(self.model.ladder(self.p), self.p.target_fps)
         self._pending_level = True  # apply the budget's (or the default) level before a frame
 
         self.pub_instances = self.create_publisher(InstanceArray, "instances", 10)
@@ -88,10 +88,8 @@ class SegmentationNode(Node):
         )
         self.worker = LatestFrameWorker(self._process, self._on_error)
         self.worker.min_period_s = self._min_period()
-        self.create_subscription(Image, "image", self._on_image, SENSOR_QOS)
-        self.create_subscription(
-            CompressedImage, "image/compressed", self._on_compressed, SENSOR_QOS
-        )
+        self.create_subscription(Image, "image", self._on_frame, SENSOR_QOS)
+        self.create_subscription(CompressedImage, "image/compressed", self._on_frame, SENSOR_QOS)
         self.create_service(SetPrompts, "set_prompts", self._on_set_prompts)
         self.add_on_set_parameters_callback(self._on_parameters)
         self._diag_timer = self.create_timer(self.p.diagnostics_period, self._publish_diagnostics)
@@ -101,10 +99,7 @@ class SegmentationNode(Node):
 
     # -- callbacks on the executor thread (cheap) -----------------------------------------
 
-    def _on_image(self, msg: Image) -> None:
-        self.worker.submit((msg, time.monotonic()))
-
-    def _on_compressed(self, msg: CompressedImage) -> None:
+    def _on_frame(self, msg: Image | CompressedImage) -> None:
         self.worker.submit((msg, time.monotonic()))
 
     def _on_set_prompts(self, request: Any, response: Any) -> Any:
@@ -135,11 +130,7 @@ class SegmentationNode(Node):
                     raise ValueError(r.message)
             ladder_keys = ("prune_low_range", "prune_high_range", "min_keep_range", "prune_steps")
             if any(getattr(new, k) != getattr(self.p, k) for k in ladder_keys):
-                sizes = sorted({lv.size for lv in self.budget.levels}, reverse=True)
-                ladder = build_ladder(sizes, tuple(new.prune_low_range),
-                                      tuple(new.prune_high_range), tuple(new.min_keep_range),
-                                      new.prune_steps)  # fmt: skip
-                self.budget = BudgetController(ladder, new.target_fps)
+                self.budget = BudgetController(self.model.ladder(new), new.target_fps)
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self.seg.post.score_threshold = new.score_threshold

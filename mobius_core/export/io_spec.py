@@ -35,6 +35,7 @@ outputs  text_tokens [K,T,Ct], text_pooled [K,Ct]
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,19 @@ META_LAYERS = "mobius.decoder_layers"
 META_PROMPTS = "mobius.default_prompts"
 META_DEFAULT_PRUNING = "mobius.default_pruning"
 FORMAT_VERSION = "1"
+
+
+def pruning_values(p: Any) -> dict[str, float]:
+    """A pruning config (``low``, ``high``, ``beta``, ``min_keep``) under the graph's input
+    names, as stored in ``META_DEFAULT_PRUNING``."""
+    return {"prune_low": p.low, "prune_high": p.high, "prune_beta": p.beta, "min_keep": p.min_keep}
+
+
+def default_pruning(meta: dict[str, Any], p: Any) -> dict[str, float]:
+    """The default pruning an exported graph records in its metadata, else config ``p``'s."""
+    if META_DEFAULT_PRUNING in meta:
+        return json.loads(meta[META_DEFAULT_PRUNING])
+    return pruning_values(p)
 
 
 def names(specs: tuple[TensorSpec, ...]) -> list[str]:

@@ -187,16 +187,9 @@ def _write_with_metadata(data: bytes, out: str | Path, meta: dict[str, str]) -> 
 
 def config_metadata(cfg: Any) -> dict[str, str]:
     """Metadata a runtime needs from the config: its name and default pruning."""
-    p = cfg.model.pruning
-    pruning = {
-        "prune_low": p.low,
-        "prune_high": p.high,
-        "prune_beta": p.beta,
-        "min_keep": p.min_keep,
-    }
     return {
         io_spec.META_CONFIG: cfg.name,
-        io_spec.META_DEFAULT_PRUNING: json.dumps(pruning),
+        io_spec.META_DEFAULT_PRUNING: json.dumps(io_spec.pruning_values(cfg.model.pruning)),
     }
 
 
