@@ -23,13 +23,20 @@ def resized_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=64)
-def _weights(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in] float32 bilinear interpolation matrix (align_corners=False)."""
+def _source_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output position of a bilinear resize (align_corners=False): the two source
+    indices and the float64 weight of the second (the first weighs 1 minus it)."""
     scale = n_in / n_out
     src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = src - i0
+    return i0, i1, src - i0
+
+
+@lru_cache(maxsize=64)
+def _weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] float32 bilinear interpolation matrix (align_corners=False)."""
+    i0, i1, frac = _source_taps(n_in, n_out)
     w = np.zeros((n_out, n_in), dtype=np.float64)
     rows = np.arange(n_out)
     np.add.at(w, (rows, i0), 1.0 - frac)
@@ -56,20 +63,17 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The two source indices and the weight of the second for each output position: the
-    nonzeros of ``bilinear_weights(n_in, n_out)`` (rows hold at most two)."""
-    scale = n_in / n_out
-    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (src - i0).astype(np.float32)
+    """``_source_taps`` with a float32 weight: the nonzeros of ``bilinear_weights``."""
+    i0, i1, frac = _source_taps(n_in, n_out)
+    return i0, i1, frac.astype(np.float32)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """image [h,w,3] uint8 (or float in [0,1]) -> [3,H,W] float32 in [0,1], bilinear.
 
     Two-tap gathers per axis (the same weights as :func:`resize_maps`, without multiplying by
-    the zeros of the interpolation matrices): about 1 ms for 640x480 -> 320x427.
+    the zeros of the interpolation matrices): about 4–5 ms for 640x480 -> 320x427 on these
+    CPUs, against about 9 ms with the matrices.
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be [H,W,3], got shape {image.shape}")

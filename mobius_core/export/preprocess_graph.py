@@ -1,8 +1,8 @@
 """The shared preprocessing (``imageops.preprocess``) as a small onnxruntime graph.
 
 Same geometry and arithmetic as the NumPy reference (bilinear, half-pixel centres, edge
-clamp, /255, zero padding to multiples of 32) to float rounding, in ORT's C++ kernels: about
-1 ms instead of 5 for 640x480 on these CPUs. Backends that already run onnxruntime use it;
+clamp, /255, zero padding to multiples of 32) to within 2e-4, in ORT's C++ kernels: about
+2–3 ms instead of 5 for 640x480 on these CPUs. Backends that already run onnxruntime use it;
 tests hold it to the NumPy reference.
 """
 
