@@ -10,40 +10,17 @@ import csv
 import sys
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mobius_core.visualize import palette
+from mobius_core.visualize import line_plot
 
 
 def plot(rows: list[dict[str, str]], columns: list[str], title: str) -> Image.Image:
-    w, h, m = 720, 400, 50
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
     steps = [float(r["step"]) for r in rows]
-    series = {c: [float(r[c]) for r in rows] for c in columns}
-    lo = min(min(v) for v in series.values())
-    hi = max(max(v) for v in series.values())
-    hi = hi if hi > lo else lo + 1
-    x0, x1 = min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1
-
-    def px(s: float, v: float) -> tuple[float, float]:
-        return m + (s - x0) / (x1 - x0) * (w - 2 * m), h - m - (v - lo) / (hi - lo) * (h - 2 * m)
-
-    d.rectangle([m, m, w - m, h - m], outline="black")
-    for frac in (0.0, 0.5, 1.0):
-        v = lo + frac * (hi - lo)
-        d.text((4, px(x0, v)[1] - 6), f"{v:.3g}", fill="black")
-        s = x0 + frac * (x1 - x0)
-        d.text((px(s, lo)[0] - 10, h - m + 6), f"{s:.0f}", fill="black")
-    for colour, values in zip(palette(len(columns)), series.values()):
-        d.line([px(s, v) for s, v in zip(steps, values)], fill=colour, width=2)
-    for i, (colour, name) in enumerate(zip(palette(len(columns)), columns)):
-        d.text((m + 10, m + 8 + 14 * i), name, fill=colour)
-    d.text((m, 16), title, fill="black")
-    d.text((w // 2 - 15, h - 22), "step", fill="black")
-    return img
+    series = [(c, steps, [float(r[c]) for r in rows]) for c in columns]
+    return line_plot(series, title, "step")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -46,3 +47,45 @@ def draw_instances(image: np.ndarray, instances: Instances, alpha: float = 0.45)
         draw.rectangle([tx - 1, ty, tx + w + 1, ty + 11], fill=(0, 0, 0))
         draw.text((tx, ty), caption, fill=colour)
     return np.asarray(canvas)
+
+
+def line_plot(
+    series: list[tuple[str, Sequence[float], Sequence[float]]],
+    title: str,
+    xlabel: str,
+    hline: float | None = None,
+    size: tuple[int, int] = (720, 400),
+    colours: Sequence[tuple[int, int, int]] | None = None,
+) -> Image.Image:
+    """A PNG-ready line chart: ``series`` of (name, xs, ys) on shared axes, an optional grey
+    horizontal line (a target), the names as a legend in their colours (PIL only)."""
+    w, h = size
+    m = 50
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    colours = list(colours or palette(len(series)))
+    xs_all = [float(x) for _, xs, _ in series for x in xs] or [0.0, 1.0]
+    ys_all = [float(y) for _, _, ys in series for y in ys] + ([hline] if hline else [])
+    lo, hi = (min(ys_all), max(ys_all)) if ys_all else (0.0, 1.0)
+    hi = hi if hi > lo else lo + 1
+    x0, x1 = min(xs_all), max(xs_all)
+    x1 = x1 if x1 > x0 else x0 + 1
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return m + (x - x0) / (x1 - x0) * (w - 2 * m), h - m - (y - lo) / (hi - lo) * (h - 2 * m)
+
+    d.rectangle([m, m, w - m, h - m], outline="black")
+    for frac in (0.0, 0.5, 1.0):
+        y = lo + frac * (hi - lo)
+        d.text((4, px(x0, y)[1] - 6), f"{y:.3g}", fill="black")
+        x = x0 + frac * (x1 - x0)
+        d.text((px(x, lo)[0] - 10, h - m + 6), f"{x:.0f}", fill="black")
+    if hline:
+        d.line([px(x0, hline), px(x1, hline)], fill=(150, 150, 150))
+    for i, ((name, xs, ys), colour) in enumerate(zip(series, colours)):
+        if len(ys) > 1:
+            d.line([px(float(x), float(y)) for x, y in zip(xs, ys)], fill=colour, width=2)
+        d.text((m + 10, m + 8 + 14 * i), name, fill=colour)
+    d.text((m, 16), title, fill="black")
+    d.text((w // 2 - 15, h - 22), xlabel, fill="black")
+    return img

@@ -122,10 +122,8 @@ def bag_topics(bag: str | Path) -> dict[str, str]:
         raise ValueError(f"cannot open bag {bag}: {exc}; is it a rosbag2 folder?") from exc
 
 
-def read_frames(bag: str | Path, topic: str, report: ReadReport) -> Iterator[Frame]:
-    """The images on ``topic`` in bag order; problems go to ``report``, never raise."""
-    from rosbags.rosbag2 import Reader
-
+def check_topic(bag: str | Path, topic: str) -> None:
+    """ValueError naming the image topics that are there when ``topic`` is not."""
     topics = bag_topics(bag)
     if topic not in topics:
         images = [t for t, m in topics.items() if m in IMAGE_TYPES]
@@ -133,6 +131,13 @@ def read_frames(bag: str | Path, topic: str, report: ReadReport) -> Iterator[Fra
             f"topic {topic!r} is not in {bag}; image topics there: {images or 'none'} "
             f"(all topics: {sorted(topics)})"
         )
+
+
+def read_frames(bag: str | Path, topic: str, report: ReadReport) -> Iterator[Frame]:
+    """The images on ``topic`` in bag order; problems go to ``report``, never raise."""
+    from rosbags.rosbag2 import Reader
+
+    check_topic(bag, topic)
     ts = typestore()
     last = -1
     with Reader(bag) as reader:

@@ -19,6 +19,7 @@ import numpy as np
 
 from mobius_core.atomic import atomic_write_bytes
 
+from .conversions import image_to_rgb
 from .harness import Harness, ros_list, start_node, stop
 from .localenv import use_local_ros_env
 
@@ -47,7 +48,7 @@ def phase_stats(records: list[tuple[float, float, Any]]) -> dict[str, float]:
 def _png(msg: Any) -> bytes:
     from PIL import Image
 
-    arr = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
+    arr = image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, bytes(msg.data))
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()

@@ -22,7 +22,7 @@ import numpy as np
 
 from mobius_core.atomic import atomic_write_bytes
 
-from .bags import BagRecorder, ReadReport, bag_topics, read_frames
+from .bags import BagRecorder, ReadReport, check_topic, read_frames
 from .harness import Harness, ros_list, start_node, stop
 from .localenv import use_local_ros_env
 
@@ -84,10 +84,7 @@ def run_replay(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    topics = bag_topics(bag)  # a clear error before anything starts
-    if image_topic not in topics:
-        images = [t for t, m in topics.items() if m.startswith("sensor_msgs/msg/")]
-        raise ValueError(f"topic {image_topic!r} is not in {bag}; topics there: {images}")
+    check_topic(bag, image_topic)  # a clear error before the node starts
     gt = load_gt(gt_path) if gt_path else None
     if gt is not None and not prompts:
         prompts = [c["name"] for c in gt["categories"]]
@@ -181,19 +178,18 @@ def _report(sent, h, frames_meta, read, gt, prompts, rate, interrupted) -> dict[
         from mobius_core.evaluation.coco import evaluate_coco
 
         by_stamp = {im["timestamp_ns"]: im["id"] for im in gt["images"]}
+        # a frame's ground truth: by header stamp, else by the bag's receive time
+        image_ids = [by_stamp.get(stamp, by_stamp.get(bag_t)) for bag_t, stamp in frames_meta]
         name_to_id = {c["name"]: c["id"] for c in gt["categories"]}
         cat_ids = [name_to_id.get(p, -1) for p in prompts]
         results, matched = [], set()
         for index, _, _, msg in rows:
-            bag_t, stamp = frames_meta[index]
-            image_id = by_stamp.get(stamp, by_stamp.get(bag_t))
+            image_id = image_ids[index]
             if image_id is None:
                 continue
             matched.add(image_id)
             results += [r for r in outputs_to_coco(msg, image_id, cat_ids) if r["category_id"] > 0]
-        replayed = {by_stamp[s] for b, s in frames_meta if s in by_stamp} | {
-            by_stamp[b] for b, s in frames_meta if b in by_stamp
-        }
+        replayed = {i for i in image_ids if i is not None}
         sub = {**gt, "images": [im for im in gt["images"] if im["id"] in replayed]}
         sub["annotations"] = [a for a in gt["annotations"] if a["image_id"] in replayed]
         report.update(evaluate_coco(sub, results))
@@ -213,39 +209,10 @@ def _budget_trace(h: Harness) -> list[dict[str, str]]:
     return out
 
 
-def _line_plot(series: list[tuple[str, list[float], tuple[int, int, int]]], title: str,
-               xlabel: str, hline: float | None = None):  # fmt: skip
-    from PIL import Image, ImageDraw
-
-    w, h, m = 720, 320, 50
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    values = [v for _, ys, _ in series for v in ys] + ([hline] if hline else [])
-    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-    hi = hi if hi > lo else lo + 1
-    n = max((len(ys) for _, ys, _ in series), default=1)
-
-    def px(x: float, y: float) -> tuple[float, float]:
-        return m + x / max(n - 1, 1) * (w - 2 * m), h - m - (y - lo) / (hi - lo) * (h - 2 * m)
-
-    d.rectangle([m, m, w - m, h - m], outline="black")
-    for frac in (0.0, 0.5, 1.0):
-        y = lo + frac * (hi - lo)
-        d.text((4, px(0, y)[1] - 6), f"{y:.3g}", fill="black")
-        d.text((px(frac * (n - 1), lo)[0] - 8, h - m + 6), f"{frac * (n - 1):.0f}", fill="black")
-    if hline:
-        d.line([px(0, hline), px(n - 1, hline)], fill=(150, 150, 150))
-    for i, (name, ys, colour) in enumerate(series):
-        if len(ys) > 1:
-            d.line([px(x, y) for x, y in enumerate(ys)], fill=colour, width=2)
-        d.text((m + 10, m + 6 + 14 * i), name, fill=colour)
-    d.text((m, 14), title, fill="black")
-    d.text((w // 2 - 20, h - 22), xlabel, fill="black")
-    return img
-
-
 def _write_page(out: Path, r: dict[str, Any]) -> None:
     import io
+
+    from mobius_core.visualize import line_plot
 
     def save(img, name: str) -> str:
         buf = io.BytesIO()
@@ -259,14 +226,18 @@ def _write_page(out: Path, r: dict[str, Any]) -> None:
     rolling = [10 / (t[i] - t[i - 10]) if t[i] > t[i - 10] else 0.0 for i in range(10, len(t))]
     target = next((float(b["budget_target_fps"]) for b in r["budget"]
                    if b.get("budget_target_fps") not in ("", "0")), None)  # fmt: skip
+
+    def chart(name: str, ys: list[float], colour, title: str, hline=None):
+        return line_plot([(name, range(len(ys)), ys)], title, "frame", hline, (720, 320),
+                         [colour])  # fmt: skip
+
     plots = [
-        save(_line_plot([("latency (ms)", lat, (200, 40, 40))], "latency per frame "
-             "(publication -> result)", "frame"), "latency.png"),
-        save(_line_plot([("FPS, rolling 10 frames", rolling, (40, 90, 200))],
-             "delivered rate" + (f" (target {target:g} FPS, grey)" if target else ""), "frame",
-             target), "fps.png"),
-        save(_line_plot([("kept queries (last layer)", [f["kept_queries"] for f in pf],
-             (40, 150, 60))], "kept queries per frame", "frame"), "kept.png"),
+        save(chart("latency (ms)", lat, (200, 40, 40),
+                   "latency per frame (publication -> result)"), "latency.png"),
+        save(chart("FPS, rolling 10 frames", rolling, (40, 90, 200), "delivered rate"
+                   + (f" (target {target:g} FPS, grey)" if target else ""), target), "fps.png"),
+        save(chart("kept queries (last layer)", [f["kept_queries"] for f in pf], (40, 150, 60),
+                   "kept queries per frame"), "kept.png"),
     ]  # fmt: skip
     lines = [
         "# mobius_ros replay report", "",
