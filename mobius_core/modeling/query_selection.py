@@ -1,8 +1,8 @@
 """Language-guided query selection (paper Sec. 3.3, Eq. 2-3).
 
 Every memory token is scored against every prompt with the scaled cosine of Eq. 3; its
-confidence is the best score over prompts (Eq. 2a); a box is predicted per token (Eq. 2b);
-the top-K tokens become the decoder's queries (Eq. 2c).
+confidence is the best score over prompts (Eq. 2a); the top-K tokens become the decoder's
+queries (Eq. 2c), each with a predicted box (Eq. 2b, computed for those K tokens only).
 """
 
 from __future__ import annotations
@@ -56,12 +56,14 @@ class LanguageGuidedQuerySelection(nn.Module):
         feats = self.enc_norm(self.enc_output(memory))  # [B,S,C]
         logits = self.classifier(feats, text, prompt_valid)  # [B,S,K]  (Eq. 3)
         confidence = logits.max(dim=-1).values  # [B,S]   (Eq. 2a, before the sigmoid)
-        anchors = inverse_sigmoid(anchor_boxes(shapes, memory))  # [S,4]
-        box_logits = self.box_head(feats) + anchors  # [B,S,4] (Eq. 2b)
         k = min(self.num_queries + extra, memory.shape[1])
         index = confidence.topk(k, dim=1).indices  # [B,Q]  (Eq. 2c)
         chosen_feats = gather_queries(feats, index)
-        chosen_boxes = gather_queries(box_logits, index)
+        # Eq. 2b, only for the chosen tokens: the box head is per token, so this equals
+        # predicting every token's box and gathering, at Q/S of the cost (at 320 px the
+        # all-token version was about half of shapes_tiny's decoder FLOPs).
+        anchors = inverse_sigmoid(anchor_boxes(shapes, memory)).expand(memory.shape[0], -1, -1)
+        chosen_boxes = self.box_head(chosen_feats) + gather_queries(anchors, index)  # [B,Q,4]
         return QuerySelection(
             queries=chosen_feats.detach(),
             boxes=chosen_boxes.sigmoid().detach(),
