@@ -1,7 +1,7 @@
 """Mask AP against decoder FLOPs for the pruning schedules (the paper's Fig. 4 / Tab. 15).
 
     python benchmarks/pruning_schedules.py --synthetic val --num-images 100 --out pruning.png
-    python benchmarks/pruning_schedules.py --seed 1 --settings sigmoid:0.02:0.1:10
+    python benchmarks/pruning_schedules.py --seed 1 --settings sigmoid:0.02:0.1:10 [--no-context]
 
 Evaluates one model (default: the shipped shapes_tiny) without pruning and with the
 sigmoid, exponential and logarithmic schedules at several bounds (or the given
@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-keep", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="synthetic split seed (default 0)")
     p.add_argument("--settings", help="comma-separated KIND:LOW:HIGH:MIN_KEEP (default: a grid)")
+    p.add_argument(
+        "--no-context", action="store_true",
+        help="pruned queries leave self-attention too (the ablation of PruneSchedule.context)",
+    )  # fmt: skip
     p.add_argument("--out", help="PNG plot of mask AP against decoder GFLOPs")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
@@ -57,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             for k, lo, hi, mk in (item.split(":") for item in args.settings.split(","))
         ]
     for kind, lo, hi, min_keep in settings:
-        prune = None if kind == "none" else PruneSchedule.create(kind, lo, hi, 1.0, min_keep)
+        prune = (
+            None
+            if kind == "none"
+            else PruneSchedule.create(kind, lo, hi, 1.0, min_keep, context=not args.no_context)
+        )
         m = evaluate_dataset(
             model, data, short_side=args.size, prune=prune, referring=False
         ).metrics
@@ -65,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             (kind, lo, hi, m["decoder_gflops"], m["mask_ap"], m["box_ap"], m["kept_mean"], min_keep)
         )
         print(f"done {kind} {lo} {hi}", file=sys.stderr)
+    pruned = "removed" if args.no_context else "kept as context"
     print(f"{cfg.name} on synthetic {args.synthetic} seed {args.seed} ({args.num_images} images) "
-          f"at {args.size}")  # fmt: skip
+          f"at {args.size}, pruned queries {pruned}")  # fmt: skip
     print("| schedule | low | high | min_keep | decoder GFLOPs | cut | mask AP | drop | box AP "
           "| kept (last layer) |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

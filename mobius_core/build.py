@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from .config import Config, ConfigError, ModelConfig, load_config
+from .config import Config, ConfigError, ModelConfig, PruningConfig, load_config
 from .modeling.backbone import build_backbone
 from .modeling.baselines.maskdino_encoder import MaskDINOEncoder
 from .modeling.baselines.rtdetr_encoder import RTDETRHybridEncoder
@@ -122,4 +122,9 @@ def build_prune_schedule(cfg: Config | ModelConfig) -> PruneSchedule | None:
     p = m.pruning
     if not p.enabled:
         return None
-    return PruneSchedule.create(p.schedule, p.low, p.high, p.beta, p.min_keep)
+    return prune_schedule(p)
+
+
+def prune_schedule(p: PruningConfig) -> PruneSchedule:
+    """The schedule a pruning config describes, whether or not it is enabled by default."""
+    return PruneSchedule.create(p.schedule, p.low, p.high, p.beta, p.min_keep, context=p.context)

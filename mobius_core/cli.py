@@ -429,17 +429,12 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .build import prune_schedule
     from .evaluation.evaluator import evaluate_dataset
-    from .modeling.pruning import PruneSchedule
 
     cfg = load_config(args.config, parse_set_args(args.overrides))
     model = _load_model(cfg, args.checkpoint, args.overrides)
-    p = cfg.model.pruning
-    prune = (
-        None
-        if args.no_prune
-        else PruneSchedule.create(p.schedule, p.low, p.high, p.beta, p.min_keep)
-    )
+    prune = None if args.no_prune else prune_schedule(cfg.model.pruning)
     dataset = _dataset(args)
     result = evaluate_dataset(
         model,

@@ -111,6 +111,8 @@ class PruningConfig:
     high: float = _bounded(0.2, 0.0, 1.0)
     beta: float = _bounded(1.0, 1e-6, 100.0)
     min_keep: int = _bounded(100, 1, 10_000)
+    # pruned queries stay as frozen self-attention keys/values of later layers (pruning.py)
+    context: bool = True
 
 
 @dataclass

@@ -69,11 +69,13 @@ def count_flops(
     num_prompts: int = 80,
     kept: list[int] | None = None,
     text: TextEmbeddings | None = None,
+    context: bool = True,
 ) -> dict[str, Any]:
     """GFLOPs per component of one forward pass at ``size`` (batch 1, eval mode).
 
     kept: a kept-query trajectory (one count per decoder layer) to cost the decoder with
     pruning; None runs all queries through every layer.
+    context: pruned queries stay as self-attention keys/values (PruneSchedule.context).
     """
     h, w = parse_size(size)
     if h % 32 or w % 32:
@@ -87,7 +89,7 @@ def count_flops(
             )
         if any(k < 1 for k in kept) or any(b > a for a, b in zip(kept, kept[1:])):
             raise ValueError(f"--kept must be positive and non-increasing, got {kept}")
-        prune = PruneSchedule.fixed(kept)
+        prune = PruneSchedule.fixed(kept, context=context)
     was_training = model.training
     model.eval()
     if text is None:
@@ -115,7 +117,7 @@ def count_flops(
     # anything counted outside the components and the excluded text projection
     unassigned = sum(counts.get("Global", {}).values()) / 2e9 - giga("text_proj") - result["total"]
     return {
-        **{k: round(v, 3) for k, v in result.items()},
+        **{k: round(v, 4) for k, v in result.items()},
         "size": [h, w],
         "prompts": text.num_prompts,
         "kept": out.kept[0].tolist(),

@@ -103,7 +103,8 @@ def evaluate_dataset(
     metrics["ece"] = expected_calibration_error(np.asarray(scores), np.asarray(ious))
     metrics["kept_mean"] = float(np.mean(kept)) if kept else 0.0
     metrics["images"] = float(len(dataset))
-    metrics["decoder_gflops"] = _decoder_gflops(model, short_side, dataset, kept_layers)
+    context = prune.context if prune is not None else True
+    metrics["decoder_gflops"] = _decoder_gflops(model, short_side, dataset, kept_layers, context)
     if referring and refs.is_file():
         metrics.update(evaluate_referring(model, dataset, refs, short_side, max_size, prune))
     return EvalResult(metrics, results)
@@ -120,7 +121,9 @@ def agnostic_gt(gt: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _decoder_gflops(model: Mobius, size: int, dataset: CocoDataset, kept: list[list[int]]) -> float:
+def _decoder_gflops(
+    model: Mobius, size: int, dataset: CocoDataset, kept: list[list[int]], context: bool = True
+) -> float:
     """Decoder cost at ``size`` for the mean kept-query trajectory seen in evaluation."""
     from ..flops import count_flops
 
@@ -131,7 +134,8 @@ def _decoder_gflops(model: Mobius, size: int, dataset: CocoDataset, kept: list[l
         trajectory[i] = min(trajectory[i], trajectory[i - 1])
     side = -(-size // 32) * 32
     text = model.encode_text(dataset.prompts)
-    return float(count_flops(model, (side, side), kept=trajectory, text=text)["decoder"])
+    flops = count_flops(model, (side, side), kept=trajectory, text=text, context=context)
+    return float(flops["decoder"])
 
 
 @torch.no_grad()

@@ -23,17 +23,21 @@ from . import io_spec
 from .io_spec import tokenizer_path
 
 DEFAULT_OPSET = 17
+# Bump when the exported graph changes for the same weights (cached exports are keyed on it).
+# 2: pruned queries stay as self-attention context; box head on the chosen queries only.
+GRAPH_VERSION = 2
 
 
 class ImageGraph(nn.Module):
     """The model behind the ``io_spec`` image contract (normalisation and scoring inside)."""
 
-    def __init__(self, model: Mobius, schedule: str = "sigmoid") -> None:
+    def __init__(self, model: Mobius, schedule: str = "sigmoid", context: bool = True) -> None:
         super().__init__()
         if schedule == "fixed":
             raise ValueError("a 'fixed' schedule cannot be a graph input; use sigmoid, ...")
         self.model = model.eval()
         self.schedule = schedule
+        self.context = context
 
     def forward(
         self,
@@ -54,6 +58,7 @@ class ImageGraph(nn.Module):
             prune_high.reshape(()),
             prune_beta.reshape(()),
             min_keep.reshape(()),
+            context=self.context,
         )
         out = self.model(self.model.normalize(image), text, prune=prune, prompt_valid=prompt_valid)
         prompt_scores = out.logits.sigmoid() * out.query_valid[..., None].to(out.logits.dtype)
@@ -92,10 +97,12 @@ def export_image_graph(
     opset: int = DEFAULT_OPSET,
     dynamic_hw: bool = False,
     dynamo: bool = False,
+    context: bool = True,
 ) -> Path:
     """Write the image graph to ``out`` (atomically). Batch and prompts are dynamic; H/W
-    are fixed at ``size`` (rounded up to multiples of 32) unless ``dynamic_hw``."""
-    graph = ImageGraph(model, schedule).eval()
+    are fixed at ``size`` (rounded up to multiples of 32) unless ``dynamic_hw``; ``context``
+    as ``PruneSchedule.context`` (a property of the graph, not an input)."""
+    graph = ImageGraph(model, schedule, context).eval()
     inputs = example_inputs(model, size)
     axes = io_spec.dynamic_axes(io_spec.IMAGE_INPUTS, io_spec.IMAGE_OUTPUTS)
     if not dynamic_hw:
@@ -200,7 +207,7 @@ def export_config_model(
     """Export ``model`` built from ``cfg`` with the config's metadata and pruning schedule."""
     return export_image_graph(
         model, out, (size, size), config_metadata(cfg), cfg.model.pruning.schedule, opset,
-        dynamic_hw,
+        dynamic_hw, context=cfg.model.pruning.context,
     )  # fmt: skip
 
 
@@ -210,8 +217,9 @@ def cached_export(
 ) -> Path:  # fmt: skip
     """The ONNX graph of ``checkpoint`` under the config, exported once and then reused.
 
-    The file name holds the config name, the checkpoint's hash, the size and the H/W mode, so
-    a changed checkpoint gets a new export and an unchanged one is never exported twice.
+    The file name holds the config name, a hash of the checkpoint, the config and
+    ``GRAPH_VERSION``, the size and the H/W mode, so a changed checkpoint, config or graph
+    gets a new export and an unchanged one is never exported twice.
     """
     import hashlib
     import os
@@ -220,7 +228,10 @@ def cached_export(
     from ..training.checkpoint import load_checkpoint, load_model_weights
 
     checkpoint = Path(checkpoint)
-    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]
+    key = hashlib.sha256(checkpoint.read_bytes())
+    graph = [GRAPH_VERSION, cfg.name, config_metadata(cfg), cfg.model.pruning.context]
+    key.update(json.dumps(graph, sort_keys=True).encode())
+    digest = key.hexdigest()[:12]
     root = Path(cache_dir or os.environ.get("MOBIUS_CACHE", Path.home() / ".cache" / "mobius"))
     hw = "dyn" if dynamic_hw else "fixed"
     path = root / "onnx" / f"{cfg.name}-{digest}-{size}-{hw}.onnx"

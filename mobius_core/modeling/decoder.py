@@ -54,20 +54,46 @@ class DecoderLayer(nn.Module):
         shapes: list[tuple[int, int]],
         valid: Tensor,
         attn_mask: Tensor | None = None,
+        context: PrunedContext | None = None,
     ) -> Tensor:
         """tgt, query_pos: [B,Q,C]; ref_boxes: [B,Q,4]; memory: [B,S,C]; valid: [B,Q] -> [B,Q,C].
 
         attn_mask: optional [B*nH,Q,Q] or [Q,Q] bool, True = may not attend (denoising groups).
+        context: queries pruned earlier, appended to the self-attention keys and values.
         """
         q = tgt + query_pos
+        keys, values, ignore = q, tgt, ~valid
+        if context is not None:
+            keys = torch.cat([q, context.keys], dim=1)
+            values = torch.cat([tgt, context.values], dim=1)
+            ignore = torch.cat([ignore, ~context.valid], dim=1)
         sa = self.self_attn(
-            q, q, tgt, key_padding_mask=~valid, attn_mask=attn_mask, need_weights=False
+            q, keys, values, key_padding_mask=ignore, attn_mask=attn_mask, need_weights=False
         )[0]
         tgt = self.norm1(tgt + self.dropout(sa))
         ref = ref_boxes[:, :, None, :].expand(-1, -1, len(shapes), -1)  # [B,Q,4] -> [B,Q,L,4]
         ca = self.cross_attn(tgt + query_pos, ref, memory, shapes)
         tgt = self.norm2(tgt + self.dropout(ca))
         return self.norm3(tgt + self.dropout(self.ffn(tgt)))
+
+
+@dataclass
+class PrunedContext:
+    """Queries dropped by pruning, frozen as they left: self-attention inputs of later layers.
+
+    keys: [B,D,C] content + position (the position of the box they would have refined to);
+    values: [B,D,C] content; valid: [B,D] bool (False = padding)."""
+
+    keys: Tensor
+    values: Tensor
+    valid: Tensor
+
+    def extend(self, other: PrunedContext) -> PrunedContext:
+        return PrunedContext(
+            torch.cat([self.keys, other.keys], dim=1),
+            torch.cat([self.values, other.values], dim=1),
+            torch.cat([self.valid, other.valid], dim=1),
+        )
 
 
 @dataclass
@@ -144,25 +170,34 @@ class TransformerDecoder(nn.Module):
         thresholds = prune.thresholds(self.num_layers) if prune is not None else None
         kept: list[Tensor] = []
         aux: list[LayerPrediction] = []
+        context: PrunedContext | None = None
         half = tgt.shape[-1] // 2
         for i, layer in enumerate(self.layers):
+            last = i == self.num_layers - 1
             query_pos = self.ref_point_head(box_sine_embedding(ref, half))  # [B,Q,4] -> [B,Q,C]
-            tgt = layer(tgt, query_pos, ref, memory, shapes, valid, attn_mask)
+            tgt = layer(tgt, query_pos, ref, memory, shapes, valid, attn_mask, context)
             out = self.norm(tgt)
             new_ref = (self.box_head(out) + inverse_sigmoid(ref)).sigmoid()
             logits = self.classifier(out, text, prompt_valid)
             if prune is not None and thresholds is not None:
                 confidence = logits.sigmoid().max(dim=-1).values  # [B,Q]
-                index, valid, count = select_kept(
-                    confidence, valid, thresholds[i], prune.keep_floor(i)
+                index, new_valid, count, dropped, dropped_valid = select_kept(
+                    confidence, valid, thresholds[i], prune.keep_floor(i), with_dropped=True
                 )
+                if prune.context and not last:
+                    leaving = gather_queries(tgt, dropped)
+                    pos = self.ref_point_head(
+                        box_sine_embedding(gather_queries(new_ref.detach(), dropped), half)
+                    )
+                    piece = PrunedContext(leaving + pos, leaving, dropped_valid)
+                    context = piece if context is None else context.extend(piece)
+                valid = new_valid
                 tgt, out, new_ref, logits = (
                     gather_queries(t, index) for t in (tgt, out, new_ref, logits)
                 )
                 kept.append(count)
             else:
                 kept.append(valid.sum(dim=1))
-            last = i == self.num_layers - 1
             if with_aux and not last:
                 aux.append(LayerPrediction(logits, new_ref, self.mask_head(out, mask_features)))
             if last:

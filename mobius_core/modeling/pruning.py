@@ -5,6 +5,14 @@ sigmoid of its scaled-cosine logit) is below the threshold tau(l) is dropped, bu
 image always keeps at least ``min_keep`` queries (its most confident ones). The schedule's
 numbers are tensors passed per call, so they can be inputs of an exported graph: a robot
 can change them every frame without rebuilding anything.
+
+A dropped query gets no more cross-attention, feed-forward, heads or mask; by default
+(``context=True``) it stays, frozen as it left, among the keys and values of the later
+layers' self-attention. The survivors were trained beside it (duplicate suppression between
+queries happens there), and removing it from their context is what cost accuracy: on the
+shipped shapes_tiny, keeping 10 queries from the first layer on lost 3.3 mask AP without the
+context and 0.3 with it (benchmarks/RESULTS.md). The context costs the key and value
+projections of the dropped queries, a fraction of a full query's layer.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ class PruneSchedule:
     beta: 0-d tensor, steepness (beta of Eq. 5, alpha of Eq. 6-7).
     min_keep: 0-d int64 tensor, the least number of queries an image keeps.
     counts: [L] int64 tensor, only for ``fixed``.
+    context: dropped queries stay as frozen self-attention keys/values of the later layers
+        (default); False removes them entirely (the ablation in benchmarks/RESULTS.md).
     """
 
     kind: str
@@ -35,6 +45,7 @@ class PruneSchedule:
     beta: Tensor
     min_keep: Tensor
     counts: Tensor | None = None
+    context: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
@@ -53,6 +64,7 @@ class PruneSchedule:
         beta: float = 1.0,
         min_keep: int = 100,
         counts: list[int] | None = None,
+        context: bool = True,
     ) -> PruneSchedule:
         """Build a schedule from plain numbers (checked: 0 <= low <= high <= 1, min_keep >= 1)."""
         if not 0.0 <= low <= high <= 1.0:
@@ -70,18 +82,19 @@ class PruneSchedule:
             torch.tensor(float(beta)),
             torch.tensor(int(min_keep)),
             None if counts is None else torch.tensor(counts, dtype=torch.int64),
+            bool(context),
         )
 
     @classmethod
-    def fixed(cls, counts: list[int]) -> PruneSchedule:
+    def fixed(cls, counts: list[int], context: bool = True) -> PruneSchedule:
         """Keep exactly ``counts[l]`` queries (or all, if fewer) after decoder layer l."""
-        return cls.create("fixed", 1.0, 1.0, 1.0, 1, counts)
+        return cls.create("fixed", 1.0, 1.0, 1.0, 1, counts, context)
 
     def to(self, device: torch.device | str) -> PruneSchedule:
         """The same schedule with its tensors on ``device`` (that of the decoder's queries)."""
         move = [t.to(device) for t in (self.low, self.high, self.beta, self.min_keep)]
         counts = None if self.counts is None else self.counts.to(device)
-        return PruneSchedule(self.kind, *move, counts=counts)
+        return PruneSchedule(self.kind, *move, counts=counts, context=self.context)
 
     def thresholds(self, num_layers: int) -> Tensor:
         """tau(l) for l = 0..L-1: [L]."""
@@ -117,7 +130,13 @@ def layer_thresholds(kind: str, low: Tensor, high: Tensor, beta: Tensor, num_lay
     raise ValueError(f"pruning schedule {kind!r} is unknown; choose one of {SCHEDULES}")
 
 
-def select_kept(confidence: Tensor, valid: Tensor, threshold: Tensor, min_keep: Tensor):
+def select_kept(
+    confidence: Tensor,
+    valid: Tensor,
+    threshold: Tensor,
+    min_keep: Tensor,
+    with_dropped: bool = False,
+):
     """Decide which queries survive one layer.
 
     confidence: [B,Q] in [0,1]; valid: [B,Q] bool (False = already dropped / padding);
@@ -127,6 +146,9 @@ def select_kept(confidence: Tensor, valid: Tensor, threshold: Tensor, min_keep: 
     which of those slots are real, and how many each image kept.
     A query survives if its confidence >= threshold or it is among the image's
     ``min_keep`` most confident valid queries. Q' is the largest count in the batch.
+    with_dropped: also return (dropped_index [B,D], dropped_valid [B,D]), the queries valid
+    before and dropped now (D = Q minus the smallest count in the batch, at least 1; padding
+    slots False).
     """
     num_q = confidence.shape[1]
     conf = confidence.masked_fill(~valid, -1.0)
@@ -139,11 +161,17 @@ def select_kept(confidence: Tensor, valid: Tensor, threshold: Tensor, min_keep: 
     order_key = keep.to(torch.int64) * (2 * num_q) + (
         num_q - torch.arange(num_q, device=conf.device)
     )
-    index = order_key.argsort(dim=1, descending=True)
+    order = order_key.argsort(dim=1, descending=True)
     num_out = kept.max()
-    index = index[:, :num_out]
+    index = order[:, :num_out]
     new_valid = keep.gather(1, index)
-    return index, new_valid, kept
+    if not with_dropped:
+        return index, new_valid, kept
+    # at least one slot (a padding one if nothing was dropped): exported graphs cannot
+    # reshape empty tensors with inferred dimensions
+    dropped = order[:, kept.min().clamp(max=num_q - 1) :]
+    dropped_valid = (valid & ~keep).gather(1, dropped)
+    return index, new_valid, kept, dropped, dropped_valid
 
 
 def gather_queries(x: Tensor, index: Tensor) -> Tensor:

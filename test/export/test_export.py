@@ -229,3 +229,37 @@ def test_metadata_recorded(tiny):
         64,
     ]
     assert int(meta[io_spec.META_LAYERS]) == 3 and int(meta[io_spec.META_TEXT_DIM]) == 384
+
+
+def test_cached_export_is_keyed_on_weights_config_and_graph_version(tmp_path, monkeypatch):
+    """An unchanged checkpoint is exported once; a changed config default or graph version
+    gets a new file (an old cached graph must never outlive a change of the exporter)."""
+    from mobius_core.export import onnx as onnx_export
+
+    calls = []
+
+    def fake_export(cfg, model, path, size, dynamic_hw):
+        calls.append(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"graph")
+        return path
+
+    monkeypatch.setattr(onnx_export, "export_config_model", fake_export)
+    monkeypatch.setattr("mobius_core.build.build_model", lambda cfg: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(
+        "mobius_core.training.checkpoint.load_model_weights", lambda *args, **kwargs: None
+    )
+    monkeypatch.setattr("mobius_core.training.checkpoint.load_checkpoint", lambda path: {})
+    ckpt = tmp_path / "weights.pt"
+    ckpt.write_bytes(b"weights")
+    cfg = load_config("shapes_tiny")
+    first = onnx_export.cached_export(cfg, ckpt, 320, cache_dir=tmp_path)
+    assert onnx_export.cached_export(cfg, ckpt, 320, cache_dir=tmp_path) == first
+    assert len(calls) == 1
+    other = load_config("shapes_tiny", {"model.pruning.min_keep": 3})
+    assert onnx_export.cached_export(other, ckpt, 320, cache_dir=tmp_path) != first
+    no_context = load_config("shapes_tiny", {"model.pruning.context": False})
+    assert onnx_export.cached_export(no_context, ckpt, 320, cache_dir=tmp_path) != first
+    monkeypatch.setattr(onnx_export, "GRAPH_VERSION", onnx_export.GRAPH_VERSION + 1)
+    assert onnx_export.cached_export(cfg, ckpt, 320, cache_dir=tmp_path) != first
+    assert len(calls) == 4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from mobius_core.config import load_config
 from mobius_core.modeling.heads import TextClassifier
 from mobius_core.modeling.pruning import PruneSchedule
 from mobius_core.modeling.query_selection import LanguageGuidedQuerySelection
-from mobius_core.types import ModelOutput
+from mobius_core.types import ModelOutput, TextEmbeddings
 
 PROMPTS = ["red circle", "blue square", "person"]
 ZOO = [
@@ -121,6 +123,31 @@ def test_query_selection_picks_the_most_similar_tokens():
     assert out.logits.shape == (1, 3, k)
 
 
+def test_query_selection_boxes_equal_every_token_boxes_gathered():
+    """The box head runs on the chosen tokens only; it must equal predicting a box for
+    every token and gathering the chosen ones (Eq. 2b), values and gradients."""
+    from mobius_core.modeling.heads import inverse_sigmoid
+    from mobius_core.modeling.pruning import gather_queries
+    from mobius_core.modeling.query_selection import anchor_boxes
+
+    torch.manual_seed(1)
+    dim = 16
+    sel = LanguageGuidedQuerySelection(dim, num_queries=7, classifier=TextClassifier(dim))
+    shapes = [(6, 6), (3, 3)]
+    memory = torch.randn(2, 45, dim, requires_grad=True)
+    text = torch.randn(3, dim)
+    out = sel(memory, shapes, text)
+    feats = sel.enc_norm(sel.enc_output(memory))
+    every = sel.box_head(feats) + inverse_sigmoid(anchor_boxes(shapes, memory))  # [B,S,4]
+    reference = gather_queries(every, out.indices)
+    assert out.indices.shape == (2, 7)
+    torch.testing.assert_close(out.box_logits, reference, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out.boxes, reference.sigmoid().detach(), rtol=1e-6, atol=1e-6)
+    (grad,) = torch.autograd.grad(out.box_logits.square().sum(), memory)
+    (ref_grad,) = torch.autograd.grad(reference.square().sum(), memory)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def tiny_model(random_text_encoder):
     torch.manual_seed(0)
@@ -175,6 +202,34 @@ def test_fixed_schedule_sets_the_kept_trajectory(tiny_model):
         out = tiny_model(torch.randn(1, 3, 128, 128), text, prune=PruneSchedule.fixed([30, 12, 4]))
     assert out.kept[0].tolist() == [30, 12, 4]
     assert out.masks.shape[1] == 4
+
+
+def test_pruned_queries_stay_as_self_attention_context(random_text_encoder):
+    """Two layers, 12 of 40 queries kept after the first: with the pruned ones as frozen
+    keys/values, the second layer sees exactly the context of the unpruned run, so every
+    survivor's prediction equals its unpruned one; removing them changes the survivors."""
+    torch.manual_seed(0)
+    cfg = load_config(
+        "shapes_tiny", {"model.decoder.num_queries": 40, "model.decoder.num_layers": 2}
+    )
+    # float64: a random network amplifies float32 rounding (key order) to ~1e-4 in boxes
+    model = build_model(cfg, text_encoder=copy.deepcopy(random_text_encoder)).eval().double()
+    t = model.encode_text(PROMPTS)
+    text = TextEmbeddings(t.tokens.double(), t.token_mask, t.pooled.double(), t.prompts)
+    images = torch.randn(2, 3, 160, 160, dtype=torch.float64)
+
+    def distance_to_unpruned(out, ref):
+        # each survivor's (logits, box) against the closest unpruned query's
+        a, b = (torch.cat([x.logits, x.boxes], dim=-1) for x in (out, ref))
+        return torch.stack([torch.cdist(o, r).min(dim=1).values for o, r in zip(a, b)])
+
+    with torch.no_grad():
+        ref = model(images, text)
+        kept = model(images, text, prune=PruneSchedule.fixed([12, 12]))
+        alone = model(images, text, prune=PruneSchedule.fixed([12, 12], context=False))
+    assert kept.kept.tolist() == alone.kept.tolist() == [[12, 12]] * 2
+    assert distance_to_unpruned(kept, ref).max() < 1e-6
+    assert distance_to_unpruned(alone, ref).max() > 1e-3
 
 
 def test_bad_image_shape_is_a_clear_error(tiny_model):

@@ -51,6 +51,20 @@ def test_select_kept_threshold_and_min_keep():
     assert index[1, :2].tolist() == [0, 2] and new_valid[1].tolist() == [True, True, False]
 
 
+def test_select_kept_reports_the_dropped_queries():
+    conf = torch.tensor([[0.9, 0.1, 0.5, 0.05, 0.3], [0.2, 0.1, 0.15, 0.05, 0.01]])
+    valid = torch.tensor([[True, True, True, True, True], [True, True, True, False, True]])
+    index, new_valid, kept, dropped, dropped_valid = select_kept(
+        conf, valid, torch.tensor(0.25), torch.tensor(2), with_dropped=True
+    )
+    assert kept.tolist() == [3, 2]
+    assert dropped.shape == (2, 3)  # Q minus the smallest count
+    real = [set(d[v].tolist()) for d, v in zip(dropped, dropped_valid)]
+    assert real == [{1, 3}, {1, 4}]  # image 1: query 3 was already invalid, not dropped now
+    for i in range(2):  # kept and dropped never overlap
+        assert not set(index[i][new_valid[i]].tolist()) & real[i]
+
+
 def test_select_kept_zero_threshold_keeps_everything_in_order():
     conf = torch.rand(3, 7)
     valid = torch.ones_like(conf, dtype=torch.bool)
