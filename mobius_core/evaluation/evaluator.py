@@ -103,8 +103,7 @@ def evaluate_dataset(
     metrics["ece"] = expected_calibration_error(np.asarray(scores), np.asarray(ious))
     metrics["kept_mean"] = float(np.mean(kept)) if kept else 0.0
     metrics["images"] = float(len(dataset))
-    context = prune.context if prune is not None else True
-    metrics["decoder_gflops"] = _decoder_gflops(model, short_side, dataset, kept_layers, context)
+    metrics["decoder_gflops"] = _decoder_gflops(model, short_side, dataset, kept_layers, prune)
     if referring and refs.is_file():
         metrics.update(evaluate_referring(model, dataset, refs, short_side, max_size, prune))
     return EvalResult(metrics, results)
@@ -122,19 +121,26 @@ def agnostic_gt(gt: dict[str, Any]) -> dict[str, Any]:
 
 
 def _decoder_gflops(
-    model: Mobius, size: int, dataset: CocoDataset, kept: list[list[int]], context: bool = True
+    model: Mobius,
+    size: int,
+    dataset: CocoDataset,
+    kept: list[list[int]],
+    prune: PruneSchedule | None,
 ) -> float:
-    """Decoder cost at ``size`` for the mean kept-query trajectory seen in evaluation."""
+    """Decoder cost at ``size``: unpruned, or for the mean kept-query trajectory seen in
+    evaluation (with the schedule's choice of keeping pruned queries as context)."""
     from ..flops import count_flops
 
     if not kept:
         return 0.0
+    side = -(-size // 32) * 32
+    text = model.encode_text(dataset.prompts)
+    if prune is None:
+        return float(count_flops(model, (side, side), text=text)["decoder"])
     trajectory = [max(1, round(v)) for v in np.mean(np.asarray(kept, dtype=np.float64), axis=0)]
     for i in range(1, len(trajectory)):  # rounding must keep it non-increasing
         trajectory[i] = min(trajectory[i], trajectory[i - 1])
-    side = -(-size // 32) * 32
-    text = model.encode_text(dataset.prompts)
-    flops = count_flops(model, (side, side), kept=trajectory, text=text, context=context)
+    flops = count_flops(model, (side, side), kept=trajectory, text=text, context=prune.context)
     return float(flops["decoder"])
 
 
