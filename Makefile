@@ -15,7 +15,11 @@ ROS_SRC := CMakeLists.txt package.xml scripts/mobius_node.in $(wildcard msg/*.ms
   mobius_ros/*.py launch/*.py config/*)
 VENV_ABS = $(abspath $(VENV))
 
-.PHONY: test lint install ros demo clean
+# Benchmark-only peer models (benchmarks/peer_yolo.py): a second venv that sees .venv's packages.
+PEER       := .venv-peer
+PEER_STAMP := $(PEER)/.installed
+
+.PHONY: test lint install ros demo clean peer
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 needed"' \
@@ -52,9 +56,18 @@ test: $(STAMP) $(ROS_STAMP)
 demo: $(STAMP) $(ROS_STAMP)
 	AMENT_PREFIX_PATH=$(VENV_ABS) $(VENV)/bin/mobius-ros demo --out demo_out
 
+$(PEER_STAMP): $(STAMP) requirements-peer.txt
+	$(PYTHON) -m venv $(PEER)
+	$(PY) -c 'import site; print("import site; site.addsitedir(%r)" % site.getsitepackages()[0])' > \
+	  "$$($(PEER)/bin/python -c 'import site; print(site.getsitepackages()[0])')/mobius-main-venv.pth"
+	$(PEER)/bin/python -m pip install --quiet -r requirements-peer.txt
+	@touch $@
+
+peer: $(PEER_STAMP)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo_out
+	rm -rf $(VENV) $(PEER) build *.egg-info .pytest_cache .ruff_cache demo_out
