@@ -69,6 +69,27 @@ def mask_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float64)
 
 
+def suppress_duplicates(
+    masks: np.ndarray, scores: np.ndarray, iou: float = 0.8, stride: int = 2
+) -> np.ndarray:
+    """Indices (ascending) of the instances to keep when several describe one object.
+
+    One query can pass the score threshold for two prompts ("red circle", "orange
+    circle"): two instances with the same mask. Going from the best score down, an instance
+    is dropped when its mask overlaps a kept one by ``iou`` or more (on a ``stride`` grid).
+    """
+    n = len(scores)
+    if n < 2:
+        return np.arange(n)
+    small = np.asarray(masks)[:, ::stride, ::stride]
+    overlap = mask_iou_matrix(small, small)
+    kept: list[int] = []
+    for i in np.argsort(-np.asarray(scores), kind="stable"):
+        if all(overlap[i, k] < iou for k in kept):
+            kept.append(int(i))
+    return np.sort(np.asarray(kept, dtype=np.int64))
+
+
 def _centre(mask: np.ndarray) -> np.ndarray:
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:
@@ -84,6 +105,8 @@ class InstanceTracker:
     stride: masks are compared every ``stride`` pixels in both directions.
     same_label: pair only detections and tracks with the same label.
     smoothing: weight of the newest displacement in the velocity estimate (0..1].
+    motion: predict masks by the velocity (False: a track waits where it was last seen;
+        the ablation in benchmarks/RESULTS.md).
     """
 
     def __init__(
@@ -93,6 +116,7 @@ class InstanceTracker:
         stride: int = 4,
         same_label: bool = True,
         smoothing: float = 0.6,
+        motion: bool = True,
     ) -> None:
         if not 0.0 < iou_gate <= 1.0:
             raise ValueError(f"iou_gate must be in (0, 1], got {iou_gate}")
@@ -104,6 +128,7 @@ class InstanceTracker:
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
         self.iou_gate, self.max_age, self.stride = float(iou_gate), int(max_age), int(stride)
         self.same_label, self.smoothing = bool(same_label), float(smoothing)
+        self.motion = bool(motion)
         self.tracks: list[Track] = []
         self.next_id = 1
         self.frame_shape: tuple[int, int] | None = None
@@ -115,6 +140,8 @@ class InstanceTracker:
 
     def predicted(self, track: Track) -> np.ndarray:
         """The track's mask moved by its velocity over the frames since it was seen."""
+        if not self.motion:
+            return track.mask
         dy, dx = np.rint(track.velocity * (track.age + 1)).astype(int)
         return shift_mask(track.mask, int(dy), int(dx))
 
@@ -170,7 +197,7 @@ class InstanceTracker:
         object is) keeps the track's shape, moved by the motion model, and its velocity."""
         area, before = float(mask.sum()), float(track.mask.sum())
         if before > 0 and area < OCCLUDED * before:
-            shift = track.velocity * (track.age + 1)
+            shift = track.velocity * (track.age + 1) if self.motion else np.zeros(2)
             dy, dx = np.rint(shift).astype(int)
             track.mask = shift_mask(track.mask, int(dy), int(dx))
             track.centre = track.centre + shift

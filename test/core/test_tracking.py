@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mobius_core.tracking import InstanceTracker, mask_iou_matrix, shift_mask
+from mobius_core.tracking import InstanceTracker, mask_iou_matrix, shift_mask, suppress_duplicates
 
 H, W = 96, 160
 
@@ -106,3 +106,13 @@ def test_bad_input_is_a_clear_error():
         tracker.update(np.zeros((H, W), bool), ["cup"])
     with pytest.raises(ValueError, match="iou_gate"):
         InstanceTracker(iou_gate=0.0)
+
+
+def test_suppress_duplicates_keeps_the_best_of_one_mask():
+    a, b = square(40, 40), square(40, 100)
+    masks = frame(a, b, a.copy(), square(40, 42))
+    scores = np.array([0.5, 0.9, 0.7, 0.6])
+    # 0 and 2 are the same mask (2 scores higher); 3 overlaps them by 0.78 (< 0.8): kept
+    assert suppress_duplicates(masks, scores).tolist() == [1, 2, 3]
+    assert suppress_duplicates(masks, scores, iou=0.7).tolist() == [1, 2]
+    assert suppress_duplicates(frame(a), np.array([0.3])).tolist() == [0]

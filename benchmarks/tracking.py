@@ -1,0 +1,165 @@
+"""Persistent ids on synthetic video: id switches, fragmentations, MOTA and IDF1.
+
+    python benchmarks/tracking.py --sequences 5 --frames 60 --out benchmarks/tracking.png
+
+Sequences come from ``mobius_core.data.sequences`` (shapes moving, occluding, leaving and
+entering; seeds 0..N-1, 320x320). Rows:
+
+- ``oracle``: the ground-truth masks and labels as detections, each dropped with
+  probability ``--drop`` (a detector's misses), so only the tracker is measured;
+- ``shapes_tiny``: the shipped model (eager torch, default pruning, the 36 training names
+  as prompts, score > 0.3) on every frame, then the tracker;
+
+each with the tracker's motion prediction on and off. Metrics: ``mobius_core.evaluation.
+tracking`` (mask IoU >= 0.5). ``--out`` draws a strip of frames with the ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mobius_core.data.sequences import render_sequence
+from mobius_core.evaluation.tracking import tracking_metrics
+from mobius_core.tracking import InstanceTracker, suppress_duplicates
+
+OFFSET = 100_000  # ids of sequence s become s * OFFSET + id, so sequences never share one
+
+
+def oracle_detections(frames, drop: float, seed: int):
+    rng = np.random.default_rng(seed)
+    out = []
+    for f in frames:
+        keep = [inst for inst in f.instances if rng.random() >= drop]
+        empty = np.zeros((0, *f.image.shape[:2]), bool)
+        masks = np.stack([i["mask"] for i in keep]) if keep else empty
+        out.append((masks, [i["name"] for i in keep], np.ones(len(keep))))
+    return out
+
+
+def model_detections(frames, segmenter):
+    out = []
+    for f in frames:
+        (inst,) = segmenter([f.image])
+        out.append((inst.masks, list(inst.label_texts), inst.scores))
+    return out
+
+
+def track(detections, motion: bool) -> tuple[list, float]:
+    tracker = InstanceTracker(motion=motion)
+    hyp, spent = [], 0.0
+    for masks, labels, scores in detections:
+        t0 = time.perf_counter()
+        keep = suppress_duplicates(masks, scores)
+        ids = tracker.update(masks[keep], [labels[i] for i in keep])
+        spent += time.perf_counter() - t0
+        hyp.append(list(zip(ids.tolist(), masks[keep])))
+    return hyp, spent
+
+
+def build_segmenter():
+    from mobius_core.build import prune_schedule
+    from mobius_core.cli import _load_model
+    from mobius_core.config import load_config
+    from mobius_core.data.synthetic import SEEN_CATEGORIES
+    from mobius_core.export import io_spec
+    from mobius_core.export.runtime import Segmenter, TorchBackend, TorchTextSource
+    from mobius_core.postprocess import PostProcessor
+
+    cfg = load_config("shapes_tiny")
+    model = _load_model(cfg, None, [])
+    d = io_spec.pruning_values(cfg.model.pruning)
+    prune = {k: d[k] for k in ("prune_low", "prune_high", "prune_beta")}
+    seg = Segmenter(
+        TorchBackend(model, prune_schedule(cfg.model.pruning).kind),
+        TorchTextSource(model.text_encoder), cfg.model.input_size, cfg.model.input_size,
+        PostProcessor(score_threshold=0.3), prune, int(d["min_keep"]),
+    )  # fmt: skip
+    seg.set_prompts(list(SEEN_CATEGORIES))
+    return seg
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sequences", type=int, default=5)
+    p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--drop", type=float, default=0.1, help="oracle: chance to miss a detection")
+    p.add_argument("--no-model", action="store_true", help="oracle rows only")
+    p.add_argument("--out", help="PNG: frames of the first sequence with the model's ids")
+    args = p.parse_args(argv)
+    seqs = [render_sequence(s, args.frames) for s in range(args.sequences)]
+    gt = [
+        [(s * OFFSET + i["track_id"], i["mask"]) for i in f.instances]
+        for s, frames in enumerate(seqs)
+        for f in frames
+    ]
+    sources = {"oracle": [oracle_detections(f, args.drop, s) for s, f in enumerate(seqs)]}
+    if not args.no_model:
+        seg = build_segmenter()
+        sources["shapes_tiny"] = [model_detections(f, seg) for f in seqs]
+    rows, strips = [], {}
+    for name, per_seq in sources.items():
+        for motion in (True, False):
+            hyp, spent = [], 0.0
+            for s, dets in enumerate(per_seq):
+                h, t = track(dets, motion)
+                hyp += [[(s * OFFSET + i, m) for i, m in frame] for frame in h]
+                spent += t
+                if s == 0 and motion:
+                    strips[name] = h
+            m = tracking_metrics(gt, hyp)
+            rows.append((name, "on" if motion else "off", m, 1000 * spent / len(gt)))
+    print(f"{args.sequences} synthetic sequences x {args.frames} frames (320x320), "
+          f"{int(rows[0][2]['gt'])} ground-truth objects over all frames; oracle drop "
+          f"{args.drop}")  # fmt: skip
+    print("| detections | motion | IDF1 | MOTA | id switches | per 100 frames | fragmentations "
+          "| FP | FN | tracker ms/frame |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, motion, m, ms in rows:
+        print(f"| {name} | {motion} | {m['idf1']:.1f} | {m['mota']:.1f} | {m['id_switches']:.0f} "
+              f"| {m['id_switches_per_100_frames']:.2f} | {m['fragmentations']:.0f} | "
+              f"{m['fp']:.0f} | {m['fn']:.0f} | {ms:.2f} |")  # fmt: skip
+    if args.out:
+        draw_strip(seqs[0], strips.get("shapes_tiny") or strips["oracle"], args.out)
+        print(f"plot: {args.out}")
+    return 0
+
+
+def draw_strip(frames, hyp, out: str, every: int = 6, count: int = 8) -> None:
+    """Every ``every``-th frame of a sequence with each tracked mask outlined and its id."""
+    from PIL import Image, ImageDraw
+
+    from mobius_core.visualize import palette
+
+    picks = list(range(0, len(frames), every))[:count]
+    colours = palette(64)
+    tiles = []
+    for t in picks:
+        img = Image.fromarray(frames[t].image)
+        d = ImageDraw.Draw(img)
+        for track_id, mask in hyp[t]:
+            edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1)
+                            & np.roll(mask, -1, 1))  # fmt: skip
+            ys, xs = np.nonzero(edge)
+            colour = colours[track_id % len(colours)]
+            for y, x in zip(ys.tolist(), xs.tolist()):
+                d.point((x, y), fill=colour)
+            cy, cx = np.argwhere(mask).mean(0)
+            d.text((cx - 4, cy - 6), str(track_id), fill=(255, 255, 255))
+        d.text((4, 4), f"frame {t}", fill=(255, 255, 255))
+        tiles.append(img)
+    w, h = tiles[0].size
+    sheet = Image.new("RGB", (w * 4, h * ((len(tiles) + 3) // 4)), "white")
+    for k, tile in enumerate(tiles):
+        sheet.paste(tile, ((k % 4) * w, (k // 4) * h))
+    sheet.save(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
