@@ -83,6 +83,14 @@ class Instances:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    def select(self, index: np.ndarray | list[int]) -> Instances:
+        """The instances at ``index`` (in that order)."""
+        index = np.asarray(index, dtype=np.int64)
+        texts = [self.label_texts[i] for i in index] if self.label_texts else []
+        return Instances(
+            self.scores[index], self.labels[index], self.boxes[index], self.masks[index], texts
+        )
+
 
 class PostProcessor:
     """Turns :class:`RawOutputs` (or a ``ModelOutput``) into :class:`Instances` in original

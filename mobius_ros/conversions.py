@@ -9,6 +9,7 @@ an :class:`ImageError` whose message names the problem and what to publish inste
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,14 +99,27 @@ def rgb_to_image_fields(rgb: np.ndarray) -> tuple[int, int, int, bytes]:
     return h, w, 3 * w, np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
 
 
-def label_image(instances: Instances, shape: tuple[int, int]) -> np.ndarray:
-    """[H,W] uint16: pixel = id of the instance covering it (i + 1 for instance i), 0 for
-    background. Where masks overlap the higher-scoring instance wins."""
+def instance_ids(instances: Instances, ids: Sequence[int] | None = None) -> list[int]:
+    """The published id of each instance: the tracker's ``ids``, else 1..N."""
+    if ids is None:
+        return list(range(1, len(instances) + 1))
+    if len(ids) != len(instances):
+        raise ValueError(f"{len(ids)} ids for {len(instances)} instances")
+    return [int(i) for i in ids]
+
+
+def label_image(
+    instances: Instances, shape: tuple[int, int], ids: Sequence[int] | None = None
+) -> np.ndarray:
+    """[H,W] uint16: pixel = id of the instance covering it (``ids``, else i + 1 for
+    instance i), 0 for background. Where masks overlap the higher-scoring instance wins.
+    Ids above 65535 wrap (a tracker's ids keep counting up)."""
     out = np.zeros(shape, dtype=np.uint16)
     if len(instances) >= 65535:
         raise ValueError(f"{len(instances)} instances do not fit a mono16 label image")
+    values = [(v - 1) % 65535 + 1 for v in instance_ids(instances, ids)]  # never 0
     for i in np.argsort(instances.scores, kind="stable"):  # low scores first, high on top
-        out[np.asarray(instances.masks[i], dtype=bool)] = i + 1
+        out[np.asarray(instances.masks[i], dtype=bool)] = values[i]
     return out
 
 
@@ -123,15 +137,17 @@ class InstanceFields:
     mask_rle_counts: list[int]
 
 
-def instance_fields(instances: Instances) -> list[InstanceFields]:
-    """Instances -> per-instance message fields (ids 1..N, masks as uncompressed COCO RLE)."""
+def instance_fields(instances: Instances, ids: Sequence[int] | None = None) -> list[InstanceFields]:
+    """Instances -> per-instance message fields (``ids`` from the tracker, else 1..N; masks
+    as uncompressed COCO RLE)."""
     out = []
+    published = instance_ids(instances, ids)
     for i in range(len(instances)):
         mask = np.asarray(instances.masks[i], dtype=bool)
         label = instances.label_texts[i] if i < len(instances.label_texts) else ""
         out.append(
             InstanceFields(
-                id=i + 1,
+                id=published[i],
                 label=label,
                 prompt_index=int(instances.labels[i]),
                 score=float(instances.scores[i]),

@@ -22,6 +22,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
+from mobius_core.tracking import InstanceTracker, suppress_duplicates
 from mobius_ros.msg import Instance, InstanceArray
 from mobius_ros.srv import SetPrompts
 
@@ -74,6 +75,9 @@ class SegmentationNode(Node):
             raise ValueError(f"initial prompts from parameters: {r.message}")
         self.log.info(r.message)
         self.budget = BudgetController(self.model.ladder(self.p), self.p.target_fps)
+        self.tracker: InstanceTracker | None = None
+        self._next_id = 1  # ids carry over when the tracker is rebuilt: never reused
+        self.tracker = self._make_tracker(self.p)
         self._pending_level = True  # apply the budget's (or the default) level before a frame
 
         self.pub_instances = self.create_publisher(InstanceArray, "instances", 10)
@@ -135,6 +139,9 @@ class SegmentationNode(Node):
             return SetParametersResult(successful=False, reason=str(exc))
         self.seg.post.score_threshold = new.score_threshold
         self.seg.post.top_k = new.max_instances
+        track_keys = ("tracking", "track_iou_gate", "track_max_age")
+        if any(getattr(new, k) != getattr(self.p, k) for k in track_keys):
+            self.tracker = self._make_tracker(new)  # one assignment: the worker sees old or new
         if new.target_fps != self.p.target_fps:
             self.budget.set_target(new.target_fps)
         if new.diagnostics_period != self.p.diagnostics_period:
@@ -144,6 +151,16 @@ class SegmentationNode(Node):
         self.worker.min_period_s = self._min_period()
         self._pending_level = True
         return SetParametersResult(successful=True)
+
+    def _make_tracker(self, p: P.NodeParams) -> InstanceTracker | None:
+        """A tracker for ``p`` whose ids continue after the current one's (never reused)."""
+        if self.tracker is not None:
+            self._next_id = max(self._next_id, self.tracker.next_id)
+        if not p.tracking:
+            return None
+        tracker = InstanceTracker(p.track_iou_gate, p.track_max_age)
+        tracker.next_id = self._next_id
+        return tracker
 
     def _min_period(self) -> float:
         return 1.0 / self.p.target_fps if self.p.target_fps > 0 else 0.0
@@ -168,20 +185,27 @@ class SegmentationNode(Node):
                         else self.model.default_level)  # fmt: skip
             self._pending_level = False
         (inst,) = self.seg([rgb])
+        ids = None
+        tracker = self.tracker
+        if tracker is not None:
+            inst = inst.select(suppress_duplicates(inst.masks, inst.scores))
+            ids = tracker.update(inst.masks, inst.label_texts).tolist()
         times = self.seg.last_times
         kept = int(self.seg.last_outputs.kept[0, -1]) if self.seg.last_outputs.kept.size else 0
         self.last_kept = kept
-        self._publish(msg.header, rgb, inst, times.inference * 1e3, kept)
+        self._publish(msg.header, rgb, inst, times.inference * 1e3, kept, ids)
         done = time.monotonic()
         self.worker.stats.add(done - received, done)
         if self.budget.update(done - start, done):
             self.log.info(f"budget: {self.budget.level.describe()}")
 
-    def _publish(self, header: Any, rgb: Any, inst: Any, inference_ms: float, kept: int) -> None:
+    def _publish(
+        self, header: Any, rgb: Any, inst: Any, inference_ms: float, kept: int, ids: Any = None
+    ) -> None:
         out = InstanceArray(header=header, mode=self.prompt_state.mode)
         out.prompts = list(self.prompt_state.prompts)
         out.inference_ms, out.kept_queries = float(inference_ms), kept
-        fields = instance_fields(inst)
+        fields = instance_fields(inst, ids)
         for f in fields:
             m = Instance(id=f.id, label=f.label, prompt_index=f.prompt_index, score=f.score)
             m.box = f.box
@@ -191,7 +215,7 @@ class SegmentationNode(Node):
         self.pub_instances.publish(out)
         p = self.p
         if p.publish_instance_mask and self.pub_mask.get_subscription_count():
-            labels = label_image(inst, rgb.shape[:2])
+            labels = label_image(inst, rgb.shape[:2], ids)
             self.pub_mask.publish(Image(header=header, height=labels.shape[0],
                                         width=labels.shape[1], encoding="mono16",
                                         is_bigendian=0, step=2 * labels.shape[1],

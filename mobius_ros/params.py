@@ -40,6 +40,9 @@ class NodeParams:
     prune_high_range: list[float] = field(default_factory=lambda: [0.1, 0.7])
     min_keep_range: list[int] = field(default_factory=lambda: [10, 1])
     prune_steps: int = 4
+    tracking: bool = True  # persistent instance ids across frames (mobius_core.tracking)
+    track_iou_gate: float = 0.3  # least mask IoU to continue a track
+    track_max_age: int = 15  # frames an unseen object keeps its id
     publish_overlay: bool = True  # only drawn while someone subscribes
     publish_instance_mask: bool = True
     publish_markers: bool = True
@@ -132,6 +135,10 @@ def _check_range(name: str, v: Any, current: NodeParams | None) -> None:
         )
     elif name == "prune_steps":
         need(1 <= v <= 20, "must be in 1..20")
+    elif name == "track_iou_gate":
+        need(0.0 < v <= 1.0, "must be in (0, 1]")
+    elif name == "track_max_age":
+        need(0 <= v <= 10_000, "must be in 0..10000 frames")
     elif name == "marker_scale":
         need(v > 0, "must be > 0")
     elif name == "diagnostics_period":

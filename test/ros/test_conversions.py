@@ -121,6 +121,17 @@ def test_label_image_ids_match_instances_and_scores_decide_overlaps():
     assert np.all(labels[~inst.masks.any(0)] == 0)
 
 
+def test_tracker_ids_in_fields_and_label_image():
+    inst = _instances()
+    ids = [7, 70000, 3]  # a tracker's ids; 70000 wraps in the mono16 image
+    assert [f.id for f in instance_fields(inst, ids)] == ids
+    labels = label_image(inst, (6, 8), ids)
+    assert set(np.unique(labels)) == {0, 7, 70000 - 65535, 3}
+    assert np.all(inst.masks[0][labels == 7]) and labels[2, 3] == 7
+    with pytest.raises(ValueError, match="2 ids for 3 instances"):
+        instance_fields(inst, [1, 2])
+
+
 def test_instance_fields_encode_masks_as_coco_rle():
     inst = _instances()
     fields = instance_fields(inst)

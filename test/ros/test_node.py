@@ -81,7 +81,8 @@ def test_image_in_instances_out_with_header_and_consistent_ids(ros):
     assert out.header.stamp.sec == msg.header.stamp.sec and out.header.frame_id == "camera"
     assert list(out.prompts) == PROMPTS and out.mode == "category"
     assert len(out.instances) >= 1 and out.inference_ms > 0
-    assert [i.id for i in out.instances] == list(range(1, len(out.instances) + 1))
+    ids = [i.id for i in out.instances]
+    assert len(set(ids)) == len(ids) and min(ids) >= 1
     ros.spin(5, lambda: msg.header.stamp.sec in ros.masks)
     mask_msg = ros.masks[msg.header.stamp.sec]
     assert mask_msg.encoding == "mono16" and (mask_msg.height, mask_msg.width) == (480, 640)
@@ -94,6 +95,23 @@ def test_image_in_instances_out_with_header_and_consistent_ids(ros):
         assert np.all(mask[labels == inst.id])
         x0, y0, x1, y1 = inst.box
         assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 480
+
+
+def test_objects_keep_their_ids_across_frames_unless_tracking_is_off(ros):
+    ros.send(ros.image(ros.frames[1]))
+    first = ros.send(ros.image(ros.frames[0]))
+    again = ros.send(ros.image(ros.frames[0]))  # the same scene: the same objects, same ids
+    assert first.instances
+    ids = sorted(i.id for i in first.instances)
+    assert sorted(i.id for i in again.instances) == ids
+    assert ros.set_param("tracking", False).successful
+    try:
+        out = ros.send(ros.image(ros.frames[0]))
+        assert [i.id for i in out.instances] == list(range(1, len(out.instances) + 1))
+    finally:
+        assert ros.set_param("tracking", True).successful
+    out = ros.send(ros.image(ros.frames[0]))  # a new tracker: new ids, never reused ones
+    assert out.instances and min(i.id for i in out.instances) > max(ids)
 
 
 def test_set_prompts_changes_the_labels_of_the_next_frames(ros):
