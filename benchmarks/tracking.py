@@ -1,6 +1,6 @@
 """Persistent ids on synthetic video: id switches, fragmentations, MOTA and IDF1.
 
-    python benchmarks/tracking.py --sequences 5 --frames 60 --out benchmarks/tracking.png
+    python benchmarks/tracking.py --same-label --out benchmarks/tracking.png
 
 Sequences come from ``mobius_core.data.sequences`` (shapes moving, occluding, leaving and
 entering; seeds 0..N-1, 320x320). Rows:
@@ -10,8 +10,10 @@ entering; seeds 0..N-1, 320x320). Rows:
 - ``shapes_tiny``: the shipped model (eager torch, default pruning, the 36 training names
   as prompts, score > 0.3) on every frame, then the tracker;
 
-each with the tracker's motion prediction on and off. Metrics: ``mobius_core.evaluation.
-tracking`` (mask IoU >= 0.5). ``--out`` draws a strip of frames with the ids.
+each with the tracker's motion prediction on and off (and, with ``--same-label``, with
+the hard same-label rule instead of the label penalty). Metrics:
+``mobius_core.evaluation.tracking`` (mask IoU >= 0.5). ``--out`` draws a strip of frames
+with the ids.
 """
 
 from __future__ import annotations
@@ -51,11 +53,14 @@ def model_detections(frames, segmenter):
     return out
 
 
-def track(detections, motion: bool) -> tuple[list, float]:
-    tracker = InstanceTracker(motion=motion)
+def track(detections, motion: bool, same_label: bool, threshold: float) -> tuple[list, float]:
+    tracker = InstanceTracker(motion=motion, same_label=same_label)
     hyp, spent = [], 0.0
     for masks, labels, scores in detections:
         t0 = time.perf_counter()
+        above = np.flatnonzero(np.asarray(scores) > threshold)
+        masks, scores = masks[above], np.asarray(scores)[above]
+        labels = [labels[i] for i in above]
         keep = suppress_duplicates(masks, scores)
         ids = tracker.update(masks[keep], [labels[i] for i in keep])
         spent += time.perf_counter() - t0
@@ -63,7 +68,7 @@ def track(detections, motion: bool) -> tuple[list, float]:
     return hyp, spent
 
 
-def build_segmenter():
+def build_segmenter(threshold: float):
     from mobius_core.build import prune_schedule
     from mobius_core.cli import _load_model
     from mobius_core.config import load_config
@@ -79,7 +84,7 @@ def build_segmenter():
     seg = Segmenter(
         TorchBackend(model, prune_schedule(cfg.model.pruning).kind),
         TorchTextSource(model.text_encoder), cfg.model.input_size, cfg.model.input_size,
-        PostProcessor(score_threshold=0.3), prune, int(d["min_keep"]),
+        PostProcessor(score_threshold=threshold), prune, int(d["min_keep"]),
     )  # fmt: skip
     seg.set_prompts(list(SEEN_CATEGORIES))
     return seg
@@ -87,10 +92,14 @@ def build_segmenter():
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--sequences", type=int, default=5)
+    p.add_argument("--sequences", type=int, default=5, help="seeds 0..N-1")
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--drop", type=float, default=0.1, help="oracle: chance to miss a detection")
     p.add_argument("--no-model", action="store_true", help="oracle rows only")
+    p.add_argument("--thresholds", default="0.2,0.3", help="model score thresholds to compare")
+    p.add_argument(
+        "--same-label", action="store_true", help="also rows with the hard same-label rule"
+    )
     p.add_argument("--out", help="PNG: frames of the first sequence with the model's ids")
     args = p.parse_args(argv)
     seqs = [render_sequence(s, args.frames) for s in range(args.sequences)]
@@ -100,29 +109,37 @@ def main(argv: list[str] | None = None) -> int:
         for f in frames
     ]
     sources = {"oracle": [oracle_detections(f, args.drop, s) for s, f in enumerate(seqs)]}
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    settings = [("oracle", 0.0)]
     if not args.no_model:
-        seg = build_segmenter()
+        seg = build_segmenter(min(thresholds))
         sources["shapes_tiny"] = [model_detections(f, seg) for f in seqs]
+        settings += [("shapes_tiny", t) for t in thresholds]
     rows, strips = [], {}
-    for name, per_seq in sources.items():
-        for motion in (True, False):
-            hyp, spent = [], 0.0
-            for s, dets in enumerate(per_seq):
-                h, t = track(dets, motion)
-                hyp += [[(s * OFFSET + i, m) for i, m in frame] for frame in h]
-                spent += t
-                if s == 0 and motion:
-                    strips[name] = h
-            m = tracking_metrics(gt, hyp)
-            rows.append((name, "on" if motion else "off", m, 1000 * spent / len(gt)))
+    for name, threshold in settings:
+        per_seq = sources[name]
+        for same_label in (False, True) if args.same_label else (False,):
+            for motion in (True, False):
+                hyp, spent = [], 0.0
+                for s, dets in enumerate(per_seq):
+                    h, t = track(dets, motion, same_label, threshold)
+                    hyp += [[(s * OFFSET + i, m) for i, m in frame] for frame in h]
+                    spent += t
+                    if s == 0 and motion and not same_label:
+                        strips.setdefault(name, h)
+                m = tracking_metrics(gt, hyp)
+                label = f"{name} (score > {threshold})" if name != "oracle" else name
+                pairing = "same label only" if same_label else "label penalty"
+                rows.append((label, pairing, "on" if motion else "off", m, 1000 * spent / len(gt)))
     print(f"{args.sequences} synthetic sequences x {args.frames} frames (320x320), "
-          f"{int(rows[0][2]['gt'])} ground-truth objects over all frames; oracle drop "
+          f"{int(rows[0][3]['gt'])} ground-truth objects over all frames; oracle drop "
           f"{args.drop}")  # fmt: skip
-    print("| detections | motion | IDF1 | MOTA | id switches | per 100 frames | fragmentations "
-          "| FP | FN | tracker ms/frame |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, motion, m, ms in rows:
-        print(f"| {name} | {motion} | {m['idf1']:.1f} | {m['mota']:.1f} | {m['id_switches']:.0f} "
+    print("| detections | pairing | motion | IDF1 | MOTA | id switches | per 100 frames | "
+          "fragmentations | FP | FN | tracker ms/frame |")  # fmt: skip
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, pairing, motion, m, ms in rows:
+        print(f"| {name} | {pairing} | {motion} | {m['idf1']:.1f} | {m['mota']:.1f} | "
+              f"{m['id_switches']:.0f} "
               f"| {m['id_switches_per_100_frames']:.2f} | {m['fragmentations']:.0f} | "
               f"{m['fp']:.0f} | {m['fn']:.0f} | {ms:.2f} |")  # fmt: skip
     if args.out:

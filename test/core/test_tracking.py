@@ -71,15 +71,22 @@ def test_a_track_older_than_max_age_is_retired():
     assert tracker.update(frame(square(40, 40)), ["cup"]).tolist() == [2]  # a new id, never 1
 
 
-def test_label_gate_and_new_objects():
-    tracker = InstanceTracker()
-    assert tracker.update(frame(square(40, 40)), ["cup"]).tolist() == [1]
-    # same place, other label: not the same object; a second cup appears elsewhere
-    out = tracker.update(frame(square(40, 40), square(40, 120)), ["bowl", "cup"])
-    assert out.tolist() == [2, 3]
-    loose = InstanceTracker(same_label=False)
+def test_labels_prefer_but_do_not_require_a_match():
+    # default: a flipped label on the same mask keeps the id ("red circle" -> "orange circle")
+    loose = InstanceTracker()
     loose.update(frame(square(40, 40)), ["cup"])
-    assert loose.update(frame(square(40, 41)), ["bowl"]).tolist() == [1]
+    assert loose.update(frame(square(40, 41)), ["mug"]).tolist() == [1]
+    assert loose.tracks[0].label == "mug"
+    # two overlapping candidates: the one with the track's label wins a near tie
+    tied = InstanceTracker(iou_gate=0.1, stride=1)
+    tied.update(frame(square(40, 40, 16)), ["cup"])
+    out = tied.update(frame(square(40, 41, 16), square(40, 40, 16)), ["cup", "mug"])
+    assert out.tolist() == [1, 2]  # IoU 0.94 with the same label beats 1.0 with another
+    # hard rule: same place, other label is another object; a second cup appears elsewhere
+    strict = InstanceTracker(same_label=True)
+    assert strict.update(frame(square(40, 40)), ["cup"]).tolist() == [1]
+    out = strict.update(frame(square(40, 40), square(40, 120)), ["bowl", "cup"])
+    assert out.tolist() == [2, 3]
 
 
 def test_every_id_is_unique_within_a_frame():
