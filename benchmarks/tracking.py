@@ -61,7 +61,7 @@ def track(detections, motion: bool, same_label: bool, threshold: float) -> tuple
         above = np.flatnonzero(np.asarray(scores) > threshold)
         masks, scores = masks[above], np.asarray(scores)[above]
         labels = [labels[i] for i in above]
-        keep = suppress_duplicates(masks, scores)
+        keep = suppress_duplicates(masks, scores)  # (the node also passes boxes: same result)
         ids = tracker.update(masks[keep], [labels[i] for i in keep])
         spent += time.perf_counter() - t0
         hyp.append(list(zip(ids.tolist(), masks[keep])))

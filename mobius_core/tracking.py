@@ -74,23 +74,41 @@ def mask_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def suppress_duplicates(
-    masks: np.ndarray, scores: np.ndarray, iou: float = 0.8, stride: int = 2
+    masks: np.ndarray,
+    scores: np.ndarray,
+    boxes: np.ndarray | None = None,
+    iou: float = 0.8,
+    stride: int = 2,
 ) -> np.ndarray:
     """Indices (ascending) of the instances to keep when several describe one object.
 
     One query can pass the score threshold for two prompts ("red circle", "orange
     circle"): two instances with the same mask. Going from the best score down, an instance
     is dropped when its mask overlaps a kept one by ``iou`` or more (on a ``stride`` grid).
+    With ``boxes`` (xyxy), masks are compared only where the boxes intersect: separate
+    objects cost nothing.
     """
     n = len(scores)
     if n < 2:
         return np.arange(n)
-    small = np.asarray(masks)[:, ::stride, ::stride]
-    overlap = mask_iou_matrix(small, small)
+    if boxes is not None:
+        b = np.asarray(boxes, dtype=np.float64)
+        w = np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0])
+        h = np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1])
+        touching = (w > 0) & (h > 0)
+    else:
+        touching = np.ones((n, n), bool)
+    np.fill_diagonal(touching, False)
     kept: list[int] = []
+    small = None
     for i in np.argsort(-np.asarray(scores), kind="stable"):
-        if all(overlap[i, k] < iou for k in kept):
-            kept.append(int(i))
+        rivals = [k for k in kept if touching[i, k]]
+        if rivals:
+            if small is None:
+                small = np.asarray(masks)[:, ::stride, ::stride]
+            if mask_iou_matrix(small[[i]], small[rivals]).max() >= iou:
+                continue
+        kept.append(int(i))
     return np.sort(np.asarray(kept, dtype=np.int64))
 
 
@@ -164,7 +182,8 @@ class InstanceTracker:
             if self.frame_shape is not None:
                 self.reset()
             self.frame_shape = masks.shape[1:]
-        small = masks[:, :: self.stride, :: self.stride].astype(bool) if n else masks
+        s = self.stride
+        small = np.ascontiguousarray(masks[:, ::s, ::s], dtype=bool) if n else masks
         ids = np.zeros(n, np.int64)
         matched_tracks: set[int] = set()
         if n and self.tracks:

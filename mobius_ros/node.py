@@ -188,7 +188,9 @@ class SegmentationNode(Node):
         ids = None
         tracker = self.tracker
         if tracker is not None:
-            inst = inst.select(suppress_duplicates(inst.masks, inst.scores))
+            keep = suppress_duplicates(inst.masks, inst.scores, inst.boxes)
+            if len(keep) < len(inst):
+                inst = inst.select(keep)
             ids = tracker.update(inst.masks, inst.label_texts).tolist()
         times = self.seg.last_times
         kept = int(self.seg.last_outputs.kept[0, -1]) if self.seg.last_outputs.kept.size else 0

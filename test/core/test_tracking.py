@@ -123,3 +123,7 @@ def test_suppress_duplicates_keeps_the_best_of_one_mask():
     assert suppress_duplicates(masks, scores).tolist() == [1, 2, 3]
     assert suppress_duplicates(masks, scores, iou=0.7).tolist() == [1, 2]
     assert suppress_duplicates(frame(a), np.array([0.3])).tolist() == [0]
+    # with boxes the answer is the same (only touching boxes are compared)
+    boxes = np.array([[32, 32, 48, 48], [92, 32, 108, 48], [32, 32, 48, 48], [34, 32, 50, 48]])
+    assert suppress_duplicates(masks, scores, boxes).tolist() == [1, 2, 3]
+    assert suppress_duplicates(masks, scores, boxes, iou=0.7).tolist() == [1, 2]
