@@ -63,6 +63,7 @@ def breakdown(frames, n: int, threshold: float) -> dict:
 
     from mobius_ros.msg import Instance, InstanceArray
 
+    from mobius_core.tracking import InstanceTracker, suppress_duplicates
     from mobius_ros.conversions import image_to_rgb, instance_fields
     from mobius_ros.model import load_model
     from mobius_ros.params import NodeParams
@@ -70,7 +71,9 @@ def breakdown(frames, n: int, threshold: float) -> dict:
     m = load_model(NodeParams(prompts=PROMPTS, score_threshold=threshold))
     seg = m.segmenter
     seg.set_prompts(PROMPTS)
-    t = {k: [] for k in ("convert", "preprocess", "inference", "postprocess", "message")}
+    tracker = InstanceTracker()
+    steps = ("convert", "preprocess", "inference", "postprocess", "tracking", "message")
+    t = {k: [] for k in steps}
     for i in range(n + 3):
         f = frames[i % len(frames)]
         data = f.tobytes()
@@ -78,9 +81,14 @@ def breakdown(frames, n: int, threshold: float) -> dict:
         rgb = image_to_rgb("rgb8", 480, 640, 1920, data)
         b = time.perf_counter()
         (inst,) = seg([rgb])
+        c0 = time.perf_counter()
+        keep = suppress_duplicates(inst.masks, inst.scores, inst.boxes)
+        if len(keep) < len(inst):
+            inst = inst.select(keep)
+        ids = tracker.update(inst.masks, inst.label_texts).tolist()
         c = time.perf_counter()
         out = InstanceArray()
-        for fld in instance_fields(inst):
+        for fld in instance_fields(inst, ids):
             msg = Instance(id=fld.id, label=fld.label, prompt_index=fld.prompt_index,
                            score=fld.score)  # fmt: skip
             msg.box = fld.box
@@ -94,6 +102,7 @@ def breakdown(frames, n: int, threshold: float) -> dict:
         t["preprocess"].append(st.preprocess)
         t["inference"].append(st.inference)
         t["postprocess"].append(st.postprocess)
+        t["tracking"].append(c - c0)
         t["message"].append(d - c)
     return {k: (np.percentile(v, 50) * 1e3, np.percentile(v, 95) * 1e3) for k, v in t.items()}
 
@@ -193,6 +202,7 @@ def main() -> int:
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--domain-id", type=int, default=90)
     p.add_argument("--threshold", type=float, default=0.15, help="node score_threshold")
+    p.add_argument("--no-tracking", action="store_true", help="node parameter tracking false")
     args = p.parse_args()
     use_local_ros_env(args.domain_id)
     import rclpy
@@ -202,6 +212,8 @@ def main() -> int:
     frames = demo_frames(8, (480, 640))
     log = Path(tempfile.mkdtemp()) / "node.log"
     params = {"prompts": ros_list(PROMPTS), "score_threshold": str(args.threshold)}
+    if args.no_tracking:
+        params["tracking"] = "false"
     proc = start_node(params, args.domain_id, log)
     rclpy.init()
     h = Harness("mobius_bench", masks=False)

@@ -99,16 +99,21 @@ def suppress_duplicates(
     else:
         touching = np.ones((n, n), bool)
     np.fill_diagonal(touching, False)
+    masks = np.asarray(masks)
     kept: list[int] = []
-    small = None
     for i in np.argsort(-np.asarray(scores), kind="stable"):
-        rivals = [k for k in kept if touching[i, k]]
-        if rivals:
-            if small is None:
-                small = np.asarray(masks)[:, ::stride, ::stride]
-            if mask_iou_matrix(small[[i]], small[rivals]).max() >= iou:
-                continue
-        kept.append(int(i))
+        duplicate = False
+        for k in (k for k in kept if touching[i, k]):
+            window = (slice(None, None, stride), slice(None, None, stride))
+            if boxes is not None:  # only the two boxes' union can hold either mask
+                x0, y0 = np.floor(np.minimum(b[i, :2], b[k, :2])).astype(int).clip(0)
+                x1, y1 = np.ceil(np.maximum(b[i, 2:], b[k, 2:])).astype(int)
+                window = (slice(y0, y1, stride), slice(x0, x1, stride))
+            if mask_iou_matrix(masks[i][window][None], masks[k][window][None])[0, 0] >= iou:
+                duplicate = True
+                break
+        if not duplicate:
+            kept.append(int(i))
     return np.sort(np.asarray(kept, dtype=np.int64))
 
 
@@ -124,7 +129,9 @@ class InstanceTracker:
 
     iou_gate: the least mask IoU (against the track's predicted mask) to continue a track.
     max_age: frames a track survives without a detection (then its id is retired).
-    stride: masks are compared every ``stride`` pixels in both directions.
+    stride: masks are compared every ``stride`` pixels in both directions; 0 (default)
+        picks it from the image size so the grid's long side is about 80 cells (320 px: 4,
+        640x480: 8), which keeps the cost per frame independent of the camera.
     same_label: pair only detections and tracks with the same label.
     label_penalty: added to a pair's cost (1 - IoU) when the labels differ.
     smoothing: weight of the newest displacement in the velocity estimate (0..1].
@@ -136,7 +143,7 @@ class InstanceTracker:
         self,
         iou_gate: float = 0.3,
         max_age: int = 15,
-        stride: int = 4,
+        stride: int = 0,
         same_label: bool = False,
         label_penalty: float = 0.1,
         smoothing: float = 0.6,
@@ -146,8 +153,8 @@ class InstanceTracker:
             raise ValueError(f"iou_gate must be in (0, 1], got {iou_gate}")
         if max_age < 0:
             raise ValueError(f"max_age must be >= 0, got {max_age}")
-        if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
+        if stride < 0:
+            raise ValueError(f"stride must be >= 0 (0 = automatic), got {stride}")
         if not 0.0 < smoothing <= 1.0:
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
         self.iou_gate, self.max_age, self.stride = float(iou_gate), int(max_age), int(stride)
@@ -182,7 +189,7 @@ class InstanceTracker:
             if self.frame_shape is not None:
                 self.reset()
             self.frame_shape = masks.shape[1:]
-        s = self.stride
+        s = self.stride or max(1, max(masks.shape[1:]) // 80) if n else 1
         small = np.ascontiguousarray(masks[:, ::s, ::s], dtype=bool) if n else masks
         ids = np.zeros(n, np.int64)
         matched_tracks: set[int] = set()
