@@ -11,7 +11,7 @@ A dropped query gets no more cross-attention, feed-forward, heads or mask; by de
 layers' self-attention. The survivors were trained beside it (duplicate suppression between
 queries happens there), and removing it from their context is what cost accuracy: on the
 shipped shapes_tiny, keeping 10 queries from the first layer on lost 3.3 mask AP without the
-context and 0.3 with it (benchmarks/RESULTS.md). The context costs the key and value
+context and 0.2 with it (benchmarks/RESULTS.md). The context costs the key and value
 projections of the dropped queries, a fraction of a full query's layer.
 """
 
