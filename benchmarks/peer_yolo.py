@@ -309,10 +309,10 @@ def latency(yolo_weights: Path, sizes: list[int], frames: int, images: list[np.n
         ours_path = yolo_weights.parent / f"shapes_tiny-{size}.onnx"
         if not ours_path.is_file():
             export_config_model(cfg, model, ours_path, size)
-        d = io_spec.pruning_values(cfg.model.pruning)  # the shipped default pruning
-        prune = {k: d[k] for k in ("prune_low", "prune_high", "prune_beta")}
+        # the shipped default pruning
+        prune, min_keep = io_spec.split_pruning(io_spec.pruning_values(cfg.model.pruning))
         ours = Segmenter(OnnxRuntimeBackend(ours_path, threads=1), text, size, size,
-                         PostProcessor(score_threshold=0.3), prune, int(d["min_keep"]))  # fmt: skip
+                         PostProcessor(score_threshold=0.3), prune, min_keep)  # fmt: skip
         ours.set_prompts(list(SEEN_CATEGORIES))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1

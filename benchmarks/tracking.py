@@ -69,7 +69,6 @@ def track(detections, motion: bool, same_label: bool, threshold: float) -> tuple
 
 
 def build_segmenter(threshold: float):
-    from mobius_core.build import prune_schedule
     from mobius_core.cli import _load_model
     from mobius_core.config import load_config
     from mobius_core.data.synthetic import SEEN_CATEGORIES
@@ -79,12 +78,11 @@ def build_segmenter(threshold: float):
 
     cfg = load_config("shapes_tiny")
     model = _load_model(cfg, None, [])
-    d = io_spec.pruning_values(cfg.model.pruning)
-    prune = {k: d[k] for k in ("prune_low", "prune_high", "prune_beta")}
+    prune, min_keep = io_spec.split_pruning(io_spec.pruning_values(cfg.model.pruning))
     seg = Segmenter(
-        TorchBackend(model, prune_schedule(cfg.model.pruning).kind),
+        TorchBackend(model, cfg.model.pruning.schedule),
         TorchTextSource(model.text_encoder), cfg.model.input_size, cfg.model.input_size,
-        PostProcessor(score_threshold=threshold), prune, int(d["min_keep"]),
+        PostProcessor(score_threshold=threshold), prune, min_keep,
     )  # fmt: skip
     seg.set_prompts(list(SEEN_CATEGORIES))
     return seg

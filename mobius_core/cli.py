@@ -281,8 +281,7 @@ def _segmenter(args: argparse.Namespace, cfg, threshold: float = 0.3):
             from .build import build_text_encoder_from_config
 
             text = TorchTextSource(build_text_encoder_from_config(cfg.model))
-    prune = {k: d[k] for k in ("prune_low", "prune_high", "prune_beta")}
-    min_keep = d["min_keep"]
+    prune, min_keep = io_spec.split_pruning(d)
     if getattr(args, "no_prune", False):
         prune = None
     post = PostProcessor(score_threshold=threshold)

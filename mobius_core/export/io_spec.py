@@ -112,6 +112,13 @@ def pruning_values(p: Any) -> dict[str, float]:
     return {"prune_low": p.low, "prune_high": p.high, "prune_beta": p.beta, "min_keep": p.min_keep}
 
 
+def split_pruning(values: dict[str, float]) -> tuple[dict[str, float], int]:
+    """Pruning values -> (the ``prune_low/high/beta`` dict a ``Segmenter`` takes, min_keep)."""
+    return {k: values[k] for k in ("prune_low", "prune_high", "prune_beta")}, int(
+        values["min_keep"]
+    )
+
+
 def default_pruning(meta: dict[str, Any], p: Any) -> dict[str, float]:
     """The default pruning an exported graph records in its metadata, else config ``p``'s."""
     if META_DEFAULT_PRUNING in meta:
