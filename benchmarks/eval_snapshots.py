@@ -3,8 +3,8 @@
     python benchmarks/eval_snapshots.py runs/tiny2_snap/*.pt --out benchmarks/logs/ap.csv
     python benchmarks/plot_curve.py benchmarks/logs/ap.csv --columns mask_ap,box_ap --out ap.png
 
-Each checkpoint (its ``step`` is read from it) is evaluated on a synthetic split without
-pruning; the rows go to a CSV with the columns of ``plot_curve.py``.
+Each checkpoint (its ``step`` and training seconds are read from it) is evaluated on a
+synthetic split without pruning; the rows go to a CSV with the columns of ``plot_curve.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from mobius_core.data.synthetic import cached_split
 from mobius_core.evaluation.evaluator import evaluate_dataset
 from mobius_core.training.checkpoint import load_checkpoint
 
-COLUMNS = ("step", "mask_ap", "mask_ap50", "box_ap", "refer_p50", "ece")
+COLUMNS = ("step", "seconds", "mask_ap", "mask_ap50", "box_ap", "refer_p50", "ece")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,10 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     data = cached_split(args.synthetic, args.num_images)
     rows = []
     for path in args.checkpoints:
-        step = int(load_checkpoint(path).get("step", 0))
+        state = load_checkpoint(path)
+        step, seconds = int(state.get("step", 0)), round(float(state.get("elapsed_s", 0.0)), 1)
+        del state
         model = _load_model(cfg, path, [])
         m = evaluate_dataset(model, data, short_side=cfg.model.input_size).metrics
-        rows.append({"step": step, **{k: round(m.get(k, 0.0), 2) for k in COLUMNS[1:]}})
+        rows.append(
+            {"step": step, "seconds": seconds, **{k: round(m.get(k, 0.0), 2) for k in COLUMNS[2:]}}
+        )
         print(f"step {step}: mask AP {m['mask_ap']:.1f}", file=sys.stderr)
     rows.sort(key=lambda r: r["step"])
     buf = io.StringIO()
@@ -50,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(args.out, buf.getvalue().encode())
-    print("| step | mask AP | mask AP50 | box AP | refer P@0.5 | ECE % |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| step | training s | mask AP | mask AP50 | box AP | refer P@0.5 | ECE % |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in COLUMNS) + " |")
     return 0

@@ -17,6 +17,7 @@ from .modeling.mobius import Mobius
 from .modeling.pruning import PruneSchedule
 from .modeling.query_selection import LanguageGuidedQuerySelection
 from .modeling.text_encoder import TextEncoder, build_text_encoder
+from .modeling.visual_prompter import VisualPrompter
 
 
 def _common(cfg: ModelConfig) -> dict[str, Any]:
@@ -113,6 +114,7 @@ def build_model(cfg: Config | ModelConfig | str, text_encoder: TextEncoder | Non
         decode_levels,
         tuple(m.pixel_mean),
         tuple(m.pixel_std),
+        VisualPrompter(m.hidden_dim, m.visual_prompter_grid) if m.visual_prompter else None,
     )
 
 

@@ -166,6 +166,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     dataset = _train_dataset(args)
     torch.manual_seed(cfg.train.seed)  # identical initial weights in every process
     model = build_model(cfg)
+    if args.init:
+        from .training.checkpoint import load_checkpoint, load_model_weights
+
+        load_model_weights(model, load_checkpoint(args.init), f"--init {args.init}")
     trainer = Trainer(cfg, model, dataset, args.out, progress=not args.no_progress)
     checkpoint = Path(args.out) / "last.pt"
     if args.resume:
@@ -299,7 +303,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     image = _read_image(args.image)
     seg = _segmenter(args, cfg, args.threshold)
     seg.set_prompts(prompts, args.task)
-    (inst,) = seg([image])
+    visual = [_numbers(v, 2, "--point") for v in args.point or []]
+    visual += [_numbers(v, 4, "--box") for v in args.box or []]
+    (inst,) = seg([image], [visual] if visual else None)
     if args.out:
         buf = io.BytesIO()
         Image.fromarray(draw_instances(image, inst)).save(buf, format="PNG")
@@ -316,15 +322,28 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _numbers(text: str, count: int, flag: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise ValueError(f"{flag} {text!r}: give {count} comma-separated pixel coordinates")
+    return values
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export.onnx import export_config_model, export_text_graph
 
     cfg = load_config(args.config, parse_set_args(args.overrides))
     model = _load_model(cfg, args.checkpoint, args.overrides)
     size = args.size or cfg.model.input_size
-    path = export_config_model(cfg, model, args.out, size, args.dynamic_hw, args.opset)
+    path = export_config_model(
+        cfg, model, args.out, size, args.dynamic_hw, args.opset, visual=args.visual
+    )
     print(f"image graph: {path} ({path.stat().st_size / 1e6:.1f} MB, input {size}x{size}"
-          f"{', dynamic H/W' if args.dynamic_hw else ''})")  # fmt: skip
+          f"{', dynamic H/W' if args.dynamic_hw else ''}"
+          f"{', point/box prompt inputs' if args.visual else ''})")  # fmt: skip
     if args.text_encoder:
         text = export_text_graph(model.text_encoder, args.text_encoder, args.opset)
         print(f"text graph: {text} ({text.stat().st_size / 1e6:.1f} MB)")
@@ -435,15 +454,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model = _load_model(cfg, args.checkpoint, args.overrides)
     prune = None if args.no_prune else prune_schedule(cfg.model.pruning)
     dataset = _dataset(args)
-    result = evaluate_dataset(
-        model,
-        dataset,
-        short_side=args.size or cfg.model.input_size,
-        prune=prune,
-        progress=not args.json,
-        task=args.task,
-    )
-    metrics = {"config": cfg.name, "pruning": prune is not None, **result.metrics}
+    size = args.size or cfg.model.input_size
+    if args.task == "visual":
+        from .evaluation.visual import evaluate_visual
+
+        found = evaluate_visual(
+            model, dataset, size, prune=prune, with_text=not args.no_text, progress=not args.json
+        )
+    else:
+        found = evaluate_dataset(
+            model, dataset, short_side=size, prune=prune, progress=not args.json, task=args.task
+        ).metrics
+    metrics = {"config": cfg.name, "pruning": prune is not None, **found}
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -487,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (log.csv, last.pt)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--max-steps", type=int, help="stop at this step (default train.max_steps)")
+    p.add_argument(
+        "--init",
+        help="start from these model weights (a checkpoint or release; parts it lacks, such as "
+        "a visual prompter, start fresh) instead of from scratch",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("eval", help="box/mask AP and calibration on a COCO-format dataset")
@@ -499,9 +526,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prune", action="store_true", help="run every query through every layer")
     p.add_argument(
         "--task",
-        choices=("category", "agnostic", "referring"),
+        choices=("category", "agnostic", "referring", "visual"),
         default="category",
-        help="category-guided AP (default), class-agnostic AP, or only the referring metrics",
+        help="category-guided AP (default), class-agnostic AP, only the referring metrics, or "
+        "visual prompts (mask IoU of the answer to one click / one box per instance)",
+    )
+    p.add_argument(
+        "--no-text",
+        action="store_true",
+        help="--task visual: no text prompts beside the clicks (default: the category names)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
@@ -511,6 +544,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(p)
     p.add_argument("--task", default="category", choices=("category", "agnostic", "referring"))
     p.add_argument("--threshold", type=float, default=0.3, help="score threshold (default 0.3)")
+    p.add_argument(
+        "--point", action="append", metavar="X,Y", help="also segment what is at this pixel "
+        "(repeatable; needs the torch backend or a graph exported with --visual)",
+    )  # fmt: skip
+    p.add_argument(
+        "--box", action="append", metavar="X0,Y0,X1,Y1", help="also segment the object in this "
+        "pixel box (repeatable)",
+    )  # fmt: skip
     p.add_argument("--out", help="write the overlay PNG here")
     p.add_argument("--json", action="store_true", help="print the instances as JSON")
     p.set_defaults(func=_cmd_predict)
@@ -522,6 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-encoder", help="also write the text encoder graph here (.onnx)")
     p.add_argument("--dynamic-hw", action="store_true", help="dynamic input height/width")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument(
+        "--visual", action="store_true", help="the graph with point/box prompt inputs "
+        "(io_spec.VISUAL_INPUTS; the model needs a trained visual prompter)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_export)
     p = sub.add_parser("embed", help="write prompt embeddings for a torch-free runtime (.npz)")
     _add_config_args(p)

@@ -127,6 +127,8 @@ class ModelConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    visual_prompter: bool = True  # point/box prompts (modeling/visual_prompter.py)
+    visual_prompter_grid: int = _bounded(4, 1, 16)  # G x G samples per box prompt
 
 
 @dataclass
@@ -136,6 +138,9 @@ class TrainConfig:
     batch_size: int = _bounded(2, 1, 4096)
     max_steps: int = _bounded(1000, 1, 10_000_000)
     max_minutes: float = _bounded(0.0, 0.0, 1e7)  # wall-clock budget, 0 = none
+    # Fit the schedule to max_minutes instead of max_steps: the run lasts the budget and
+    # each lr drop comes at the same fraction of it as lr_drop_steps / max_steps
+    time_schedule: bool = False
     lr: float = _bounded(1e-4, 0.0, 1.0)
     weight_decay: float = _bounded(0.05, 0.0, 1.0)
     backbone_lr_mult: float = _bounded(0.1, 0.0, 10.0)
@@ -166,6 +171,15 @@ class TrainConfig:
     log_every: int = _bounded(10, 1, 1_000_000)
     tensorboard: bool = True  # also log to OUT/tensorboard where the package is installed
     checkpoint_every: int = _bounded(200, 1, 10_000_000)
+    keep_checkpoints: bool = False  # also keep OUT/step_NNNNNNN.pt at each checkpoint
+    # Visual prompts: the share of steps whose prompts are points/boxes sampled inside
+    # ground-truth instances (one prompt -> its instance), at most visual_per_image each
+    visual_prob: float = _bounded(0.0, 0.0, 1.0)
+    visual_per_image: int = _bounded(4, 1, 1000)
+    visual_box_prob: float = _bounded(0.5, 0.0, 1.0)  # a box prompt instead of a point
+    # Parameter-name prefixes to train (e.g. ["visual_prompter."]); empty: all of them.
+    # The other parts stay frozen and in eval mode (BatchNorm statistics included).
+    trainable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -371,5 +385,10 @@ def _check_cross_fields(cfg: Config) -> None:
     t = cfg.train
     if not t.short_sides or min(t.short_sides) < 32:
         raise ConfigError(f"train.short_sides={t.short_sides} needs sizes >= 32, e.g. [384, 416]")
+    if t.time_schedule and t.max_minutes <= 0:
+        raise ConfigError(
+            "train.time_schedule=true fits the schedule to train.max_minutes, which is 0: "
+            "set train.max_minutes (the budget) or turn train.time_schedule off"
+        )
     if t.lr_drop_steps != sorted(t.lr_drop_steps):
         raise ConfigError(f"train.lr_drop_steps={t.lr_drop_steps} must be increasing")

@@ -91,6 +91,19 @@ class Instances:
             self.scores[index], self.labels[index], self.boxes[index], self.masks[index], texts
         )
 
+    def concat(self, other: Instances, label_offset: int = 0) -> Instances:
+        """These instances followed by ``other``'s (its labels shifted by ``label_offset``)."""
+        texts = (
+            self.label_texts + other.label_texts if self.label_texts or other.label_texts else []
+        )
+        return Instances(
+            np.concatenate([self.scores, other.scores]),
+            np.concatenate([self.labels, other.labels + label_offset]),
+            np.concatenate([self.boxes, other.boxes]),
+            np.concatenate([self.masks, other.masks]),
+            texts,
+        )
+
 
 class PostProcessor:
     """Turns :class:`RawOutputs` (or a ``ModelOutput``) into :class:`Instances` in original

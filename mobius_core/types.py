@@ -97,6 +97,26 @@ class LayerPrediction:
 
 
 @dataclass
+class VisualPrompts:
+    """Point and box prompts, per image, in the frame of the padded network input.
+
+    boxes: [B,V,4] normalised xyxy in [0,1]; a point prompt is a box of zero size.
+    valid: [B,V] bool, False for padding slots (images with fewer prompts).
+    classify_text: also score the queries against the text prompts (columns 0..K-1 of the
+        logits, the visual prompts after them); False scores the visual prompts only, the
+        text then only conditions the pixel decoder.
+    """
+
+    boxes: Tensor
+    valid: Tensor
+    classify_text: bool = True
+
+    @property
+    def num_prompts(self) -> int:
+        return int(self.boxes.shape[1])
+
+
+@dataclass
 class ModelOutput:
     """Raw predictions of the model (no losses, no thresholds).
 

@@ -27,6 +27,14 @@ outputs
   query_valid      bool    [B,Q']     False for padding slots of images that kept fewer
   kept             int64   [B,L]      queries kept after each decoder layer
 
+Visual-prompt image graph (``--visual``)
+----------------------------------------
+The image graph with two more inputs; the K text prompts are scored first, the V visual
+prompts after them (``prompt_scores`` [B,Q',K+V]; a visual prompt's answer is its best query)
+  visual_boxes     float32 [B,V,4]    point/box prompts, normalised xyxy of the padded input;
+                                       a point is a box of zero size
+  visual_valid     bool    [B,V]      False for padding slots
+
 Text graph (``--text-encoder``)
 -------------------------------
 inputs   input_ids [K,T] int64, attention_mask [K,T] int64 (from the encoder's tokenizer)
@@ -79,6 +87,16 @@ IMAGE_OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("kept", "int64", ("batch", "layers")),
 )
 
+VISUAL_INPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("visual_boxes", "float32", ("batch", "visual_prompts", 4), "xyxy, points 0-size"),
+    TensorSpec("visual_valid", "bool", ("batch", "visual_prompts")),
+)
+VISUAL_GRAPH_INPUTS = IMAGE_INPUTS + VISUAL_INPUTS
+VISUAL_GRAPH_OUTPUTS: tuple[TensorSpec, ...] = tuple(
+    TensorSpec(s.name, s.dtype, tuple("scored_prompts" if d == "prompts" else d for d in s.shape))
+    for s in IMAGE_OUTPUTS
+)
+
 TEXT_INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("input_ids", "int64", ("prompts", "tokens")),
     TensorSpec("attention_mask", "int64", ("prompts", "tokens")),
@@ -103,6 +121,7 @@ META_INPUT_SIZE = "mobius.input_size"
 META_LAYERS = "mobius.decoder_layers"
 META_PROMPTS = "mobius.default_prompts"
 META_DEFAULT_PRUNING = "mobius.default_pruning"
+META_VISUAL = "mobius.visual_prompts"  # "1" in graphs with the visual_* inputs
 FORMAT_VERSION = "1"
 
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..atomic import atomic_write_bytes
 from ..modeling.mobius import Mobius
 from ..modeling.pruning import PruneSchedule
-from ..types import TextEmbeddings
+from ..types import TextEmbeddings, VisualPrompts
 from . import io_spec
 from .io_spec import tokenizer_path
 
@@ -51,6 +51,24 @@ class ImageGraph(nn.Module):
         prune_beta: Tensor,
         min_keep: Tensor,
     ) -> tuple[Tensor, ...]:
+        return self.run(
+            image, text_tokens, text_token_mask, text_pooled, prompt_valid,
+            prune_low, prune_high, prune_beta, min_keep,
+        )  # fmt: skip
+
+    def run(
+        self,
+        image: Tensor,
+        text_tokens: Tensor,
+        text_token_mask: Tensor,
+        text_pooled: Tensor,
+        prompt_valid: Tensor,
+        prune_low: Tensor,
+        prune_high: Tensor,
+        prune_beta: Tensor,
+        min_keep: Tensor,
+        visual: VisualPrompts | None = None,
+    ) -> tuple[Tensor, ...]:
         text = TextEmbeddings(text_tokens, text_token_mask & prompt_valid[:, None], text_pooled)
         prune = PruneSchedule(
             self.schedule,
@@ -60,16 +78,47 @@ class ImageGraph(nn.Module):
             min_keep.reshape(()),
             context=self.context,
         )
-        out = self.model(self.model.normalize(image), text, prune=prune, prompt_valid=prompt_valid)
+        out = self.model(
+            self.model.normalize(image), text, prune=prune, prompt_valid=prompt_valid, visual=visual
+        )
         prompt_scores = out.logits.sigmoid() * out.query_valid[..., None].to(out.logits.dtype)
         scores, labels = prompt_scores.max(dim=-1)
         return prompt_scores, scores, labels, out.boxes, out.masks, out.query_valid, out.kept
 
 
+class VisualImageGraph(ImageGraph):
+    """The image graph with point/box prompt inputs (``io_spec.VISUAL_GRAPH_INPUTS``)."""
+
+    def forward(  # type: ignore[override]
+        self,
+        image: Tensor,
+        text_tokens: Tensor,
+        text_token_mask: Tensor,
+        text_pooled: Tensor,
+        prompt_valid: Tensor,
+        prune_low: Tensor,
+        prune_high: Tensor,
+        prune_beta: Tensor,
+        min_keep: Tensor,
+        visual_boxes: Tensor,
+        visual_valid: Tensor,
+    ) -> tuple[Tensor, ...]:
+        return self.run(
+            image, text_tokens, text_token_mask, text_pooled, prompt_valid,
+            prune_low, prune_high, prune_beta, min_keep, VisualPrompts(visual_boxes, visual_valid),
+        )  # fmt: skip
+
+
 def example_inputs(
-    model: Mobius, size: tuple[int, int], prompts: int = 3, tokens: int = 8, batch: int = 1
+    model: Mobius,
+    size: tuple[int, int],
+    prompts: int = 3,
+    tokens: int = 8,
+    batch: int = 1,
+    visual: int = 0,
 ) -> tuple[Tensor, ...]:
-    """Dummy inputs in the contract's order (for tracing and tests)."""
+    """Dummy inputs in the contract's order (for tracing and tests); ``visual`` > 0 adds
+    that many point/box prompts per image (the visual graph's inputs)."""
     h, w = (-(-s // io_spec.SIZE_DIVISOR) * io_spec.SIZE_DIVISOR for s in size)
     dim = model.text_encoder.dim
     g = torch.Generator().manual_seed(0)
@@ -85,7 +134,17 @@ def example_inputs(
         torch.tensor([0.2]),
         torch.tensor([1.0]),
         torch.tensor([10], dtype=torch.int64),
-    )
+    ) + (_example_visual(batch, visual, g) if visual else ())
+
+
+def _example_visual(batch: int, count: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Half points, half boxes, the last slot padding."""
+    lo = torch.rand(batch, count, 2, generator=g) * 0.5
+    hi = lo + torch.rand(batch, count, 2, generator=g) * 0.5
+    hi[:, ::2] = lo[:, ::2]  # every other prompt a point
+    valid = torch.ones(batch, count, dtype=torch.bool)
+    valid[:, -1] = count == 1
+    return torch.cat([lo, hi], dim=-1), valid
 
 
 def export_image_graph(
@@ -98,13 +157,22 @@ def export_image_graph(
     dynamic_hw: bool = False,
     dynamo: bool = False,
     context: bool = True,
+    visual: bool = False,
 ) -> Path:
     """Write the image graph to ``out`` (atomically). Batch and prompts are dynamic; H/W
     are fixed at ``size`` (rounded up to multiples of 32) unless ``dynamic_hw``; ``context``
-    as ``PruneSchedule.context`` (a property of the graph, not an input)."""
-    graph = ImageGraph(model, schedule, context).eval()
-    inputs = example_inputs(model, size)
-    axes = io_spec.dynamic_axes(io_spec.IMAGE_INPUTS, io_spec.IMAGE_OUTPUTS)
+    as ``PruneSchedule.context`` (a property of the graph, not an input); ``visual``: the
+    graph with point/box prompt inputs (needs the model's trained visual prompter)."""
+    if visual and not (model.visual_prompter is not None and model.visual_prompter_trained):
+        raise ValueError(
+            "--visual: this model has no trained visual prompter (see `mobius eval --task "
+            "visual` in benchmarks/RESULTS.md for how one is trained)"
+        )
+    graph = (VisualImageGraph if visual else ImageGraph)(model, schedule, context).eval()
+    inputs = example_inputs(model, size, visual=3 if visual else 0)
+    in_specs = io_spec.VISUAL_GRAPH_INPUTS if visual else io_spec.IMAGE_INPUTS
+    out_specs = io_spec.VISUAL_GRAPH_OUTPUTS if visual else io_spec.IMAGE_OUTPUTS
+    axes = io_spec.dynamic_axes(in_specs, out_specs)
     if not dynamic_hw:
         axes["image"] = {k: v for k, v in axes["image"].items() if v not in ("height", "width")}
         axes["masks"] = {
@@ -116,8 +184,8 @@ def export_image_graph(
             graph,
             inputs,
             buf,
-            input_names=io_spec.names(io_spec.IMAGE_INPUTS),
-            output_names=io_spec.names(io_spec.IMAGE_OUTPUTS),
+            input_names=io_spec.names(in_specs),
+            output_names=io_spec.names(out_specs),
             dynamic_axes=axes,
             opset_version=opset,
             dynamo=dynamo,
@@ -129,6 +197,7 @@ def export_image_graph(
         io_spec.META_TEXT_ENCODER: model.text_encoder.name,
         io_spec.META_LAYERS: str(model.decoder.num_layers),
         io_spec.META_INPUT_SIZE: json.dumps(list(inputs[0].shape[2:])),
+        **({io_spec.META_VISUAL: "1"} if visual else {}),
         **(metadata or {}),
     }
     return _write_with_metadata(buf.getvalue(), out, meta)
@@ -202,18 +271,18 @@ def config_metadata(cfg: Any) -> dict[str, str]:
 
 def export_config_model(
     cfg: Any, model: Mobius, out: str | Path, size: int, dynamic_hw: bool = False,
-    opset: int = DEFAULT_OPSET,
+    opset: int = DEFAULT_OPSET, visual: bool = False,
 ) -> Path:  # fmt: skip
     """Export ``model`` built from ``cfg`` with the config's metadata and pruning schedule."""
     return export_image_graph(
         model, out, (size, size), config_metadata(cfg), cfg.model.pruning.schedule, opset,
-        dynamic_hw, context=cfg.model.pruning.context,
+        dynamic_hw, context=cfg.model.pruning.context, visual=visual,
     )  # fmt: skip
 
 
 def cached_export(
     cfg: Any, checkpoint: str | Path, size: int, dynamic_hw: bool = True,
-    cache_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None, visual: bool = False,
 ) -> Path:  # fmt: skip
     """The ONNX graph of ``checkpoint`` under the config, exported once and then reused.
 
@@ -234,7 +303,8 @@ def cached_export(
     digest = key.hexdigest()[:12]
     root = Path(cache_dir or os.environ.get("MOBIUS_CACHE", Path.home() / ".cache" / "mobius"))
     hw = "dyn" if dynamic_hw else "fixed"
-    path = root / "onnx" / f"{cfg.name}-{digest}-{size}-{hw}.onnx"
+    kind = "-visual" if visual else ""
+    path = root / "onnx" / f"{cfg.name}-{digest}-{size}-{hw}{kind}.onnx"
     if path.is_file():
         return path
     import warnings
@@ -243,4 +313,4 @@ def cached_export(
     load_model_weights(model, load_checkpoint(checkpoint), f"{checkpoint} (config {cfg.name})")
     with warnings.catch_warnings():  # the tracer's notes on constant shapes are expected
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return export_config_model(cfg, model.eval(), path, size, dynamic_hw)
+        return export_config_model(cfg, model.eval(), path, size, dynamic_hw, visual=visual)

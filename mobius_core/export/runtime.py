@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -281,7 +281,9 @@ class OnnxRuntimeBackend:
             )
         self.session = _ort_session(self.path, providers, threads)
         got = [i.name for i in self.session.get_inputs()]
-        if got != io_spec.names(io_spec.IMAGE_INPUTS):
+        self.visual = got == io_spec.names(io_spec.VISUAL_GRAPH_INPUTS)
+        self.requires_visual = self.visual  # its visual inputs are always fed
+        if got != io_spec.names(io_spec.IMAGE_INPUTS) and not self.visual:
             raise ValueError(f"{self.path} has inputs {got}, not the io_spec image inputs")
         self.layers = int(self.meta.get(io_spec.META_LAYERS, 0))
         self.text_dim = int(self.meta.get(io_spec.META_TEXT_DIM, 0))
@@ -292,7 +294,7 @@ class OnnxRuntimeBackend:
         )
 
     def infer(self, feed: dict[str, np.ndarray]) -> RawOutputs:
-        io_spec.check_feed(feed)
+        io_spec.check_feed(feed, feed_specs(feed, self.visual, self.visual, self.path))
         hw = feed["image"].shape[2:]
         if self.fixed_hw is not None and tuple(hw) != self.fixed_hw:
             raise ValueError(
@@ -317,17 +319,44 @@ class TorchBackend:
         self.graph = ImageGraph(model.to(self.device), schedule).eval()
         self.layers = int(model.decoder.num_layers)
         self.text_dim = int(model.text_encoder.dim)
+        self.visual = model.visual_prompter is not None and bool(model.visual_prompter_trained)
 
     def infer(self, feed: dict[str, np.ndarray]) -> RawOutputs:
-        io_spec.check_feed(feed)
+        specs = feed_specs(feed, self.visual, False, "the torch model")
+        io_spec.check_feed(feed, specs)
         torch = self.torch
         args = [
             torch.from_numpy(np.ascontiguousarray(feed[n])).to(self.device)
-            for n in io_spec.names(io_spec.IMAGE_INPUTS)
+            for n in io_spec.names(specs)
         ]
+        visual = None
+        if specs is io_spec.VISUAL_GRAPH_INPUTS:
+            from ..types import VisualPrompts
+
+            visual = VisualPrompts(args.pop(-2), args.pop(-1))
         with torch.no_grad():
-            values = [v.cpu().numpy() for v in self.graph(*args)]
+            values = [v.cpu().numpy() for v in self.graph.run(*args, visual=visual)]
         return outputs_from_list(values, feed["image"].shape[2:])
+
+
+def feed_specs(
+    feed: dict, accepts_visual: bool, requires_visual: bool, what: Any
+) -> tuple[io_spec.TensorSpec, ...]:
+    """The input contract a feed follows: with point/box prompts (``visual_*``) or without;
+    a clear error when the backend cannot take them."""
+    if "visual_boxes" not in feed and "visual_valid" not in feed:
+        if requires_visual:
+            raise ValueError(
+                f"{what} takes point/box prompts: feed visual_boxes/visual_valid (all invalid "
+                "for none), as Segmenter does"
+            )
+        return io_spec.IMAGE_INPUTS
+    if not accepts_visual:
+        raise ValueError(
+            f"{what} has no point/box prompt inputs: export the graph with `mobius export "
+            "--visual` (the model needs a trained visual prompter)"
+        )
+    return io_spec.VISUAL_GRAPH_INPUTS
 
 
 def load_backend(name: str, model: str | Path | None = None, **kwargs: Any) -> Backend:
@@ -420,7 +449,20 @@ class Segmenter:
     def prompts(self) -> tuple[str, ...]:
         return self._prompts[0].prompts if self._prompts else ()
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[Instances]:
+    @property
+    def takes_visual_prompts(self) -> bool:
+        """Whether the backend takes point/box prompts (a ``--visual`` graph, or torch)."""
+        return bool(getattr(self.backend, "visual", False))
+
+    def __call__(
+        self,
+        images: Sequence[np.ndarray],
+        visual: Sequence[Sequence[Sequence[float]]] | None = None,
+    ) -> list[Instances]:
+        """Instances of each image for the current text prompts and, with ``visual``, one
+        more instance per point/box prompt (per image: ``(x, y)`` points or ``(x0, y0, x1,
+        y1)`` boxes in that image's pixels), labelled after the text prompts with the
+        prompt written out (``"point (x, y)"``, ``"box (x0, y0, x1, y1)"``)."""
         with self._lock:
             current = self._prompts
         if current is None:
@@ -431,14 +473,73 @@ class Segmenter:
         if self.pad_to is not None:
             batch = pad_batch(batch, self.pad_to)
         feed = make_feed(batch, arrays, self.prune, self.min_keep)
+        image_sizes = [im.shape[:2] for im in images]
+        names: list[list[str]] = []
+        if visual is not None or getattr(self.backend, "requires_visual", False):
+            if visual is not None and not self.takes_visual_prompts:
+                raise ValueError(
+                    "point/box prompts need a graph exported with `mobius export --visual` "
+                    "(or the torch backend) from a model with a trained visual prompter"
+                )
+            prompts = list(visual) if visual is not None else [[] for _ in images]
+            if len(prompts) != len(images):
+                raise ValueError(f"{len(prompts)} visual prompt lists for {len(images)} images")
+            boxes, valid, names = visual_feed(prompts, image_sizes, sizes, batch.shape[2:])
+            feed.update(visual_boxes=boxes, visual_valid=valid)
         t1 = time.perf_counter()
         raw = self.backend.infer(feed)
         t2 = time.perf_counter()
-        result = self.post(raw, task, [im.shape[:2] for im in images], sizes, arrays.prompts)
+        k = len(arrays.prompts)
+        text_raw = replace(raw, prompt_scores=raw.prompt_scores[..., :k])
+        result = self.post(text_raw, task, image_sizes, sizes, arrays.prompts)
+        if any(names):
+            v = raw.prompt_scores.shape[-1] - k
+            vis_raw = replace(raw, prompt_scores=raw.prompt_scores[..., k:])
+            padded = [n + [""] * (v - len(n)) for n in names]
+            for i, got in enumerate(self.post(vis_raw, "referring", image_sizes, sizes, padded[0])):
+                keep = [j for j, label in enumerate(got.labels) if label < len(names[i])]
+                answers = got.select(keep)
+                answers.label_texts = [names[i][int(j)] for j in answers.labels]
+                result[i] = result[i].concat(answers, label_offset=k)
         t3 = time.perf_counter()
         self.last_times = StageTimes(t1 - t0, t2 - t1, t3 - t2)
         self.last_outputs = raw
         return result
+
+
+def visual_feed(
+    prompts: Sequence[Sequence[Sequence[float]]],
+    image_sizes: Sequence[tuple[int, int]],
+    input_sizes: Sequence[tuple[int, int]],
+    padded: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    """Point/box prompts in each image's pixels -> (visual_boxes [B,V,4] normalised xyxy of
+    the padded input, visual_valid [B,V], the prompts written out per image). V >= 1."""
+    v = max([len(p) for p in prompts] + [1])
+    boxes = np.zeros((len(prompts), v, 4), dtype=np.float32)
+    valid = np.zeros((len(prompts), v), dtype=bool)
+    names: list[list[str]] = []
+    for i, (plist, (h, w), (ih, iw)) in enumerate(zip(prompts, image_sizes, input_sizes)):
+        sx, sy = iw / w / padded[1], ih / h / padded[0]
+        names.append([])
+        for j, p in enumerate(plist):
+            box = [float(c) for c in p]
+            if len(box) == 2:
+                box = box * 2
+                names[i].append(f"point ({box[0]:.0f}, {box[1]:.0f})")
+            elif len(box) == 4:
+                names[i].append("box ({:.0f}, {:.0f}, {:.0f}, {:.0f})".format(*box))
+            else:
+                raise ValueError(f"a visual prompt is (x, y) or (x0, y0, x1, y1), got {p}")
+            x0, y0, x1, y1 = box
+            if not all(np.isfinite(box)) or not (0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h):
+                raise ValueError(
+                    f"visual prompt {names[i][-1]} is outside the {w}x{h} image (or x1 < x0, "
+                    "y1 < y0); give pixel coordinates inside it"
+                )
+            boxes[i, j] = [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
+            valid[i, j] = True
+    return boxes, valid, names
 
 
 def pad_batch(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -40,19 +40,22 @@ class TextClassifier(nn.Module):
         self.bias = nn.Parameter(torch.tensor(-math.log((1 - prior_prob) / prior_prob)))
 
     def forward(self, queries: Tensor, text: Tensor, prompt_valid: Tensor | None = None) -> Tensor:
-        """queries: [B,Q,C], text: [K,C] pooled prompt embeddings -> logits [B,Q,K].
+        """queries: [B,Q,C]; text: [K,C] pooled prompt embeddings shared by the batch, or
+        [B,K,C] per image (visual prompts) -> logits [B,Q,K].
 
-        prompt_valid: optional [K] bool; padding prompts (False) get logit -1e4 (score 0),
-        a value float16 engines still represent."""
+        prompt_valid: optional [K] (or [B,K]) bool; padding prompts (False) get logit -1e4
+        (score 0), a value float16 engines still represent."""
         q = self.proj(queries)
+        spec = "bqc,kc->bqk" if text.dim() == 2 else "bqc,bkc->bqk"
         if self.kind == "cosine":
             scale = self.logit_scale.clamp(max=self.logit_scale_max).exp()
-            sim = torch.einsum("bqc,kc->bqk", F.normalize(q, dim=-1), F.normalize(text, dim=-1))
+            sim = torch.einsum(spec, F.normalize(q, dim=-1), F.normalize(text, dim=-1))
             logits = scale * sim + self.bias
         else:
-            logits = torch.einsum("bqc,kc->bqk", q, text) / math.sqrt(q.shape[-1]) + self.bias
+            logits = torch.einsum(spec, q, text) / math.sqrt(q.shape[-1]) + self.bias
         if prompt_valid is not None:
-            logits = torch.where(prompt_valid, logits, torch.full_like(logits, INVALID_LOGIT))
+            valid = prompt_valid if prompt_valid.dim() == 1 else prompt_valid[:, None, :]
+            logits = torch.where(valid, logits, torch.full_like(logits, INVALID_LOGIT))
         return logits
 
 

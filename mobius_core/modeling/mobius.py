@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..types import LayerPrediction, ModelOutput, Target, TextEmbeddings
+from ..types import LayerPrediction, ModelOutput, Target, TextEmbeddings, VisualPrompts
 from .backbone import Backbone
 from .decoder import TransformerDecoder
 from .denoising import build_denoising_queries, training_attention_mask
@@ -19,6 +19,7 @@ from .fusion import flatten_text_tokens
 from .pruning import PruneSchedule
 from .query_selection import LanguageGuidedQuerySelection
 from .text_encoder import TextEncoder
+from .visual_prompter import VisualPrompter
 
 
 class Mobius(nn.Module):
@@ -39,6 +40,7 @@ class Mobius(nn.Module):
         decode_levels: tuple[int, ...],
         pixel_mean: tuple[float, ...] = (0.485, 0.456, 0.406),
         pixel_std: tuple[float, ...] = (0.229, 0.224, 0.225),
+        visual_prompter: VisualPrompter | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -48,6 +50,9 @@ class Mobius(nn.Module):
         self.query_selection = query_selection
         self.decoder = decoder
         self.decode_levels = tuple(decode_levels)
+        self.visual_prompter = visual_prompter
+        # False when the loaded weights had no trained visual prompter (load_model_weights)
+        self.visual_prompter_trained = visual_prompter is not None
         self.register_buffer(
             "pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False
         )
@@ -100,6 +105,7 @@ class Mobius(nn.Module):
         with_aux: bool | None = None,
         targets: list[Target] | None = None,
         prompt_valid: Tensor | None = None,
+        visual: VisualPrompts | None = None,
     ) -> ModelOutput:
         """images: [B,3,H,W] normalised (H, W multiples of 32); text: K prompts.
 
@@ -107,7 +113,9 @@ class Mobius(nn.Module):
         per-layer predictions (default: in training mode); targets: in training mode, the
         ground truth that the denoising queries are built from (see
         :meth:`configure_training_queries`); prompt_valid: optional [K] bool, False for
-        padding prompts (exported graphs pad K). -> ModelOutput with Q' queries.
+        padding prompts (exported graphs pad K); visual: point/box prompts per image, scored
+        after the K text prompts (or alone, see VisualPrompts). -> ModelOutput with Q'
+        queries and K (+ V) prompt columns.
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B,3,H,W], got {tuple(images.shape)}")
@@ -124,6 +132,10 @@ class Mobius(nn.Module):
         maps = [pix.levels[i] for i in self.decode_levels]
         shapes = [(m.shape[-2], m.shape[-1]) for m in maps]
         memory = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)  # -> [B,S,C]
+        if visual is not None:
+            z_text, prompt_valid = self.visual_prompt_embeddings(
+                pix.levels[self.decode_levels[-1]], pix.mask_features, z_text, prompt_valid, visual
+            )
         training_queries = self.training and targets is not None
         hybrid = self.hybrid_queries if training_queries else 0
         selection = self.query_selection(
@@ -154,6 +166,45 @@ class Mobius(nn.Module):
         return self._forward_training_queries(
             selection, memory, shapes, z_text, pix.mask_features, targets, images.shape[-2:]
         )
+
+    def visual_prompt_embeddings(
+        self,
+        bottleneck: Tensor,
+        mask_features: Tensor,
+        z_text: Tensor,
+        prompt_valid: Tensor | None,
+        visual: VisualPrompts,
+    ) -> tuple[Tensor, Tensor]:
+        """Per-image prompt embeddings [B,K+V,C] (or [B,V,C]) and their validity [B,K+V]."""
+        if self.visual_prompter is None:
+            raise ValueError(
+                "this model has no visual prompter (model.visual_prompter=false): point and box "
+                "prompts need a model built and trained with it"
+            )
+        if not self.visual_prompter_trained:
+            raise ValueError(
+                "the loaded weights have no trained visual prompter: train one with "
+                "`mobius train CONFIG --checkpoint WEIGHTS --set train.visual_prob=1 --set "
+                "train.trainable=[visual_prompter.]` (benchmarks/RESULTS.md) or use text prompts"
+            )
+        boxes = visual.boxes
+        if boxes.dim() != 3 or boxes.shape[-1] != 4 or visual.valid.shape != boxes.shape[:2]:
+            raise ValueError(
+                f"visual prompts must be boxes [B,V,4] with valid [B,V], got "
+                f"{tuple(boxes.shape)} and {tuple(visual.valid.shape)}"
+            )
+        z_vis = self.visual_prompter(bottleneck, mask_features, boxes)  # [B,V,C]
+        valid = visual.valid.to(torch.bool)
+        if not visual.classify_text:
+            return z_vis, valid
+        b, k = boxes.shape[0], z_text.shape[0]
+        text_valid = (
+            prompt_valid.to(torch.bool)
+            if prompt_valid is not None
+            else torch.ones(k, dtype=torch.bool, device=boxes.device)
+        )
+        z = torch.cat([z_text[None].expand(b, -1, -1).to(z_vis.dtype), z_vis], dim=1)
+        return z, torch.cat([text_valid[None].expand(b, -1), valid], dim=1)  # [B,K+V]
 
     def _forward_training_queries(
         self, selection, memory, shapes, z_text, mask_features, targets, image_size

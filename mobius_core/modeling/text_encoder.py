@@ -247,6 +247,17 @@ class TextEncoder(nn.Module, abc.ABC):
         return changed
 
     @torch.no_grad()
+    def empty(self) -> TextEmbeddings:
+        """No text prompts (K = 0): the pixel decoder fuses nothing; visual prompts only."""
+        like = next(self.parameters(), None)
+        device = like.device if like is not None else None
+        dtype = like.dtype if like is not None else torch.float32
+        return TextEmbeddings(
+            torch.zeros(0, 1, self.dim, device=device, dtype=dtype),
+            torch.zeros(0, 1, dtype=torch.bool, device=device),
+            torch.zeros(0, self.dim, device=device, dtype=dtype),
+        )
+
     def encode(self, prompts: list[str]) -> TextEmbeddings:
         """Validated, cached, no-grad prompts (K) -> TextEmbeddings in the requested order.
 

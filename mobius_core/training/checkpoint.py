@@ -68,6 +68,9 @@ def release_state(
     }
 
 
+VISUAL_PREFIX = "visual_prompter."
+
+
 def load_model_weights(model: torch.nn.Module, state: dict[str, Any], source: str) -> None:
     """Load a checkpoint's inference weights (its EMA average where it has one) into
     ``model``; a release checkpoint may lack the text encoder."""
@@ -82,11 +85,21 @@ def load_model_weights(model: torch.nn.Module, state: dict[str, Any], source: st
     missing = [k for k in result.missing_keys if not k.startswith(TEXT_PREFIX)]
     if state.get("text_encoder_included", True):
         missing = list(result.missing_keys)
+    # weights from before the visual prompter existed: text prompts work, visual ones refuse
+    untrained = [k for k in missing if k.startswith(VISUAL_PREFIX)]
+    missing = [k for k in missing if not k.startswith(VISUAL_PREFIX)]
+    if untrained and hasattr(model, "visual_prompter_trained"):
+        model.visual_prompter_trained = False
     if missing or result.unexpected_keys:
         raise CheckpointError(
             f"checkpoint {source} does not fit this model: missing {missing[:3]}, "
             f"unexpected {result.unexpected_keys[:3]}"
         )
+
+
+def has_visual_prompter(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint holds visual-prompter weights (older ones do not)."""
+    return any(k.startswith(VISUAL_PREFIX) for k in state.get("model", {}))
 
 
 def shipped_checkpoint(config_name: str) -> Path | None:

@@ -23,6 +23,7 @@ from ..data.coco import Sample
 from ..data.mixed import CategorySource, MixedDataset, SourceSpec, merge_prompts
 from ..data.synthetic import flip_expression
 from ..data.transforms import ResizeFlip, collate
+from ..data.visual_prompts import sample_visual_prompts
 from ..modeling.mobius import Mobius
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -100,6 +101,22 @@ class Trainer:
         if t.freeze_text_encoder:
             for p in model.text_encoder.parameters():
                 p.requires_grad_(False)
+        if t.trainable:
+            names = [n for n, _ in model.named_parameters()]
+            if not any(n.startswith(tuple(t.trainable)) for n in names):
+                raise ValueError(
+                    f"train.trainable={t.trainable} matches no parameter of the model; use "
+                    "prefixes of its parameter names such as 'visual_prompter.' or 'decoder.'"
+                )
+            for n, p in model.named_parameters():
+                if not n.startswith(tuple(t.trainable)):
+                    p.requires_grad_(False)
+        if t.visual_prob > 0:
+            if model.visual_prompter is None:
+                raise ValueError(
+                    "train.visual_prob > 0 needs a visual prompter: set model.visual_prompter=true"
+                )
+            model.visual_prompter_trained = True  # this run trains it
         model.configure_training_queries(
             t.dn_number, t.dn_label_noise, t.dn_box_noise, t.hybrid_queries
         )
@@ -148,24 +165,69 @@ class Trainer:
         images, targets, sizes = collate(resized)
         return images, targets, sizes, prompts
 
+    def visual_step(self, step: int) -> bool:
+        """Whether ``step`` prompts with points/boxes (a function of seed and step)."""
+        t = self.cfg.train
+        return (
+            t.visual_prob > 0 and np.random.default_rng([t.seed, step, 1]).random() < t.visual_prob
+        )
+
+    def _set_modes(self) -> None:
+        """Train mode for what trains; frozen parts (train.trainable) stay in eval mode, so
+        their BatchNorm statistics and dropout do not change either."""
+        trainable = tuple(self.cfg.train.trainable)
+        if not trainable:
+            self.model.train()
+            return
+        self.model.eval()
+        for name, module in self.model.named_modules():
+            if name and (name + ".").startswith(trainable):
+                module.train()
+
     # -- one step -------------------------------------------------------------------------
     def train_step(self) -> dict[str, float] | None:
-        """One optimisation step; returns the loss terms, or None if the step was skipped."""
-        self.model.train()
+        """One optimisation step; returns the loss terms, or None if the step was skipped.
+
+        A visual step (``train.visual_prob``) prompts each image with points/boxes inside
+        some of its instances, one instance per prompt; the text prompts then only
+        condition the pixel decoder (or, half of the time, nothing does: a click may come
+        without any text prompt)."""
+        self._set_modes()
         images, targets, _, prompts = self.batch(self.step)
-        if self.cfg.train.freeze_text_encoder:
+        visual = None
+        if self.visual_step(self.step):
+            t = self.cfg.train
+            rng = np.random.default_rng([t.seed, self.step, 2])
+            visual, targets = sample_visual_prompts(
+                targets, rng, t.visual_per_image, t.visual_box_prob
+            )
+            if rng.random() < 0.5:
+                prompts = []
+        if not prompts:
+            text = self.model.text_encoder.empty()
+        elif self.cfg.train.freeze_text_encoder:
             text = self.model.encode_text(prompts)
         else:
             text = self.model.text_encoder(prompts)
         use_amp = self.cfg.train.amp and torch.cuda.is_available()
         with torch.autocast("cuda", enabled=use_amp):
-            outputs = self.net(self.model.normalize(images), text, targets=targets)
+            if visual is None:
+                outputs = self.net(self.model.normalize(images), text, targets=targets)
+            else:  # no denoising/one-to-many queries: their labels index the text prompts
+                outputs = self.net(self.model.normalize(images), text, with_aux=True, visual=visual)
             # DETR's normalisation: instances of the whole distributed batch per process
             num_targets = distributed.all_reduce(float(sum(len(t) for t in targets))) / self.world
             losses = self.criterion(outputs, targets, num_targets=num_targets)
         loss = losses["loss"]
+        if not loss.requires_grad:
+            raise ValueError(
+                f"step {self.step}: no trainable parameter contributes to the loss "
+                f"(train.trainable={self.cfg.train.trainable}, train.visual_prob="
+                f"{self.cfg.train.visual_prob}); a visual prompter trained alone needs "
+                "train.visual_prob=1"
+            )
         self.optimizer.zero_grad(set_to_none=True)
-        set_learning_rates(self.optimizer, self.step, self.cfg.train)
+        set_learning_rates(self.optimizer, self.step, self.cfg.train, self.elapsed_s)
         finite = distributed.all_reduce(float(torch.isfinite(loss)), "min") > 0
         if not finite:  # every process skips together
             self.skipped += 1
@@ -193,16 +255,19 @@ class Trainer:
 
     # -- loop -----------------------------------------------------------------------------
     def fit(self, max_steps: int | None = None) -> dict[str, float] | None:
-        """Train until ``max_steps`` (default ``cfg.train.max_steps``) or until the wall-clock
-        budget ``cfg.train.max_minutes`` (counted across resumes) is spent; returns the last
-        losses."""
+        """Train until ``max_steps`` (default ``cfg.train.max_steps``; none with
+        ``cfg.train.time_schedule``) or until the wall-clock budget ``cfg.train.max_minutes``
+        (counted across resumes) is spent; returns the last losses."""
         total = max_steps if max_steps is not None else self.cfg.train.max_steps
+        if max_steps is None and self.cfg.train.time_schedule:
+            total = 2**62  # the budget ends the run
         self.out_dir.mkdir(parents=True, exist_ok=True)
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=total, initial=self.step, desc="train", unit="step")
+            shown = None if total == 2**62 else total
+            bar = tqdm(total=shown, initial=self.step, desc="train", unit="step")
         last = None
         start = time.perf_counter()
         done_at_start = self.step
@@ -233,6 +298,8 @@ class Trainer:
                     bar.update(1)
                 if self.step % self.cfg.train.checkpoint_every == 0:
                     self.save(self.out_dir / "last.pt")
+                    if self.cfg.train.keep_checkpoints:
+                        self.save(self.out_dir / f"step_{self.step:07d}.pt")
         finally:
             if bar is not None:
                 bar.close()

@@ -33,17 +33,27 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> optim.AdamW:
     return optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base learning rate at ``step``: linear warm-up, then step decay."""
+def lr_factor(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """Multiplier of the base learning rate at ``step``: linear warm-up, then step decay.
+
+    With ``cfg.time_schedule`` a drop comes once ``elapsed_s`` (training seconds so far)
+    reaches the same fraction of ``cfg.max_minutes`` as its step is of ``cfg.max_steps``."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    drops = sum(step >= s for s in cfg.lr_drop_steps)
+    if cfg.time_schedule:
+        budget_s = cfg.max_minutes * 60.0
+        drops = sum(elapsed_s >= s / cfg.max_steps * budget_s for s in cfg.lr_drop_steps)
+    else:
+        drops = sum(step >= s for s in cfg.lr_drop_steps)
     return cfg.lr_drop_factor**drops
 
 
-def set_learning_rates(optimizer: optim.Optimizer, step: int, cfg: TrainConfig) -> None:
-    """Each group's lr = its base lr x ``lr_factor(step)``: the schedule is a function of the
-    step alone, so resuming needs nothing but the step."""
-    factor = lr_factor(step, cfg)
+def set_learning_rates(
+    optimizer: optim.Optimizer, step: int, cfg: TrainConfig, elapsed_s: float = 0.0
+) -> None:
+    """Each group's lr = its base lr x ``lr_factor(step, elapsed_s)``: the schedule is a
+    function of the step (and, with ``time_schedule``, of the training seconds, which
+    checkpoints keep), so resuming needs nothing else."""
+    factor = lr_factor(step, cfg, elapsed_s)
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor

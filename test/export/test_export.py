@@ -263,3 +263,67 @@ def test_cached_export_is_keyed_on_weights_config_and_graph_version(tmp_path, mo
     monkeypatch.setattr(onnx_export, "GRAPH_VERSION", onnx_export.GRAPH_VERSION + 1)
     assert onnx_export.cached_export(cfg, ckpt, 320, cache_dir=tmp_path) != first
     assert len(calls) == 4
+
+
+@pytest.fixture(scope="module")
+def tiny_visual(tiny, tmp_path_factory):
+    model, _ = tiny
+    path = tmp_path_factory.mktemp("onnx") / "tiny_visual.onnx"
+    export_image_graph(model, path, (SIZE, SIZE), {io_spec.META_CONFIG: "tiny"}, visual=True)
+    return model, path
+
+
+def test_visual_graph_matches_eager_for_points_and_boxes(tiny_visual):
+    model, path = tiny_visual
+    ort_backend, torch_backend = OnnxRuntimeBackend(path), TorchBackend(model)
+    assert ort_backend.visual and ort_backend.requires_visual and torch_backend.visual
+    assert io_spec.read_metadata(path)[io_spec.META_VISUAL] == "1"
+    arrays = TorchTextSource(model.text_encoder).encode(["red circle", "blue square"])
+    images = _images(2, seed=3)
+    batch = np.stack([im.transpose(2, 0, 1) / 255.0 for im in images]).astype(np.float32)
+    # 4 prompts per image (traced with 3): points, boxes, and a padding slot in image 1
+    boxes = np.array(
+        [[[0.2, 0.3, 0.2, 0.3], [0.1, 0.1, 0.6, 0.5], [0.5, 0.5, 0.5, 0.5], [0, 0, 1, 1]],
+         [[0.7, 0.2, 0.7, 0.2], [0.3, 0.3, 0.9, 0.8], [0.4, 0.6, 0.4, 0.6], [0, 0, 0, 0]]],
+        dtype=np.float32,
+    )  # fmt: skip
+    valid = np.ones((2, 4), dtype=bool)
+    valid[1, 3] = False
+    feed = {**make_feed(batch, arrays, None, 5), "visual_boxes": boxes, "visual_valid": valid}
+    a, b = ort_backend.infer(feed), torch_backend.infer(feed)
+    assert a.prompt_scores.shape == b.prompt_scores.shape == (2, 12, 6)  # K=2 text + V=4
+    np.testing.assert_allclose(a.prompt_scores, b.prompt_scores, atol=1e-4)
+    np.testing.assert_allclose(a.masks, b.masks, atol=2e-3)
+    assert np.array_equal(a.prompt_scores.argmax(1), b.prompt_scores.argmax(1))  # same answers
+    assert np.all(a.prompt_scores[1, :, 5] == 0)  # the padding slot scores nothing
+    # the text-only graph rejects visual inputs, the visual graph needs them: clear errors
+    plain = make_feed(batch, arrays, None, 5)
+    with pytest.raises(ValueError, match="feed visual_boxes"):
+        ort_backend.infer(plain)
+    b_plain = torch_backend.infer(plain)  # torch takes both
+    assert b_plain.prompt_scores.shape[-1] == 2
+
+
+def test_segmenter_answers_each_click_with_one_labelled_instance(tiny, tiny_visual):
+    model, plain_path = tiny
+    _, path = tiny_visual
+    text = TorchTextSource(model.text_encoder)
+    seg = Segmenter(OnnxRuntimeBackend(path), text, SIZE, pad_to=(SIZE, SIZE))
+    ref = Segmenter(TorchBackend(model), text, SIZE, pad_to=(SIZE, SIZE))
+    for s in (seg, ref):
+        s.set_prompts(["red circle"])
+    image = _images(1, seed=5)[0]
+    clicks = [[(10, 20), (5, 5, 40, 30)]]
+    got, want = seg([image], clicks)[0], ref([image], clicks)[0]
+    assert got.label_texts[-2:] == ["point (10, 20)", "box (5, 5, 40, 30)"]
+    assert got.labels[-2:].tolist() == [1, 2]  # after the one text prompt
+    assert len(got) == len(want) and np.array_equal(got.masks[-2:], want.masks[-2:])
+    # without clicks the visual graph gives what the plain graph gives
+    plain = Segmenter(OnnxRuntimeBackend(plain_path), text, SIZE, pad_to=(SIZE, SIZE))
+    plain.set_prompts(["red circle"])
+    a, b = seg([image])[0], plain([image])[0]
+    assert np.array_equal(a.labels, b.labels) and np.allclose(a.scores, b.scores, atol=1e-5)
+    with pytest.raises(ValueError, match="outside the 64x64 image"):
+        seg([image], [[(70, 10)]])
+    with pytest.raises(ValueError, match="export --visual"):
+        plain([image], [[(10, 10)]])

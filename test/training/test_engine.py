@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from mobius_core.build import build_model
-from mobius_core.config import load_config
+from mobius_core.config import ConfigError, load_config
 from mobius_core.data.coco import CocoDataset
 from mobius_core.modeling.text_encoder import build_text_encoder
 from mobius_core.rle import encode_rle
@@ -204,6 +204,35 @@ def test_wall_clock_budget_stops_training_and_survives_resume(tiny_dataset, tmp_
     resumed.resume(tmp_path / "a" / "last.pt")
     resumed.fit(50)
     assert resumed.step == 1  # the budget counts across resumes
+
+
+def test_time_schedule_drops_the_lr_at_the_same_fraction_of_the_budget():
+    t = load_config(
+        "shapes_tiny",
+        {"train.warmup_steps": 2, "train.max_steps": 100, "train.lr_drop_steps": [50, 90],
+         "train.max_minutes": 10.0, "train.time_schedule": True},
+    ).train  # fmt: skip
+    # drops at 50% and 90% of 600 s whatever the step count
+    assert [lr_factor(500, t, e) for e in (0.0, 299.0, 300.0, 539.0, 540.0)] == pytest.approx(
+        [1.0, 1.0, 0.1, 0.1, 0.01]
+    )
+    assert lr_factor(0, t, 1000.0) == pytest.approx(0.5)  # warm-up stays in steps
+    with pytest.raises(ConfigError, match=r"train\.max_minutes"):
+        load_config("shapes_tiny", {"train.time_schedule": True, "train.max_minutes": 0})
+
+
+def test_time_schedule_runs_until_the_budget_and_keeps_checkpoints(tiny_dataset, tmp_path):
+    trainer = _trainer(
+        tiny_dataset, tmp_path, **{"train.max_minutes": 0.02, "train.time_schedule": True,
+                                   "train.max_steps": 2, "train.checkpoint_every": 2,
+                                   "train.keep_checkpoints": True}
+    )  # fmt: skip
+    trainer.fit()
+    assert trainer.step > 2  # max_steps only shapes the schedule; the 1.2 s budget ends it
+    assert trainer.elapsed_s >= 1.2
+    kept = sorted(p.name for p in tmp_path.glob("step_*.pt"))
+    assert kept == [f"step_{s:07d}.pt" for s in range(2, trainer.step + 1, 2)]
+    assert load_checkpoint(tmp_path / kept[0])["step"] == 2
 
 
 def test_ema_follows_the_weights_and_is_what_a_release_ships(tiny_dataset, tmp_path):
