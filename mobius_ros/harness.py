@@ -74,6 +74,9 @@ class Harness:
             self.node.create_subscription(Image, "instance_mask", self._on_mask, 10)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diag.append, 10)
         self.prompts = self.node.create_client(SetPrompts, "set_prompts")
+        from geometry_msgs.msg import PointStamped
+
+        self.pub_click = self.node.create_publisher(PointStamped, "point_prompt", 10)
         self.params = self.node.create_client(SetParameters, "/mobius/set_parameters")
         self.SetPrompts, self.SetParameters = SetPrompts, SetParameters
         self.stamp = 1000
@@ -153,8 +156,23 @@ class Harness:
             raise RuntimeError(f"service {client.srv_name} did not answer")
         return future.result()
 
-    def set_prompts(self, prompts: list[str], mode: str = "") -> Any:
-        return self.call(self.prompts, self.SetPrompts.Request(prompts=prompts, mode=mode))
+    def set_prompts(
+        self, prompts: list[str], mode: str = "", points: list[float] = (), boxes: list[float] = (),
+        clear_visual: bool = False,
+    ) -> Any:  # fmt: skip
+        request = self.SetPrompts.Request(prompts=prompts, mode=mode, clear_visual=clear_visual)
+        request.points, request.boxes = [float(v) for v in points], [float(v) for v in boxes]
+        return self.call(self.prompts, request)
+
+    def click(self, x: float, y: float, frame_id: str = "camera", stamp: Any = None) -> None:
+        """Publish a point_prompt as an image viewer does on a mouse click."""
+        from geometry_msgs.msg import PointStamped
+
+        msg = PointStamped()
+        msg.header.frame_id = frame_id
+        msg.header.stamp = stamp or self.node.get_clock().now().to_msg()
+        msg.point.x, msg.point.y = float(x), float(y)
+        self.pub_click.publish(msg)
 
     def set_param(self, name: str, value: Any) -> Any:
         from rclpy.parameter import Parameter

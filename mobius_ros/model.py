@@ -32,6 +32,11 @@ class LoadedModel:
     default_level: Level  # used when the budget is off
     description: str
 
+    @property
+    def visual(self) -> bool:
+        """Whether point/box prompts work (a graph with their inputs, or torch)."""
+        return self.segmenter.takes_visual_prompts
+
     def ladder(self, p: NodeParams) -> list[Level]:
         """The budget ladder for the pruning ranges in ``p`` (rebuilt when they change)."""
         return build_ladder(self.sizes, tuple(p.prune_low_range), tuple(p.prune_high_range),
@@ -67,6 +72,7 @@ def load_model(p: NodeParams) -> LoadedModel:
         model = _load_model(cfg, p.model or None, [])
         backend = TorchBackend(model, cfg.model.pruning.schedule)
         text = TorchTextSource(model.text_encoder)
+        backend.visual = backend.visual and p.visual_prompts
         d = io_spec.pruning_values(cfg.model.pruning)
         size, dynamic = p.input_size or cfg.model.input_size, True
         what = f"torch, {cfg.name}" + (f" from {p.model}" if p.model else " (shipped weights)")
@@ -136,4 +142,8 @@ def _shipped_onnx(p: NodeParams):
             f"`mobius export {cfg.name} --dynamic-hw --out model.onnx` where torch is "
             "installed and set model:=model.onnx"
         ) from exc
-    return cached_export(cfg, ckpt, p.input_size or cfg.model.input_size, dynamic_hw=True)
+    from mobius_core.training.checkpoint import has_visual_prompter, load_checkpoint
+
+    visual = p.visual_prompts and has_visual_prompter(load_checkpoint(ckpt))
+    size = p.input_size or cfg.model.input_size
+    return cached_export(cfg, ckpt, size, dynamic_hw=True, visual=visual)

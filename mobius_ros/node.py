@@ -4,7 +4,9 @@ modules next to this one).
 Subscribes ``image`` (sensor_msgs/Image) and ``image/compressed`` (CompressedImage) with
 sensor-data QoS, depth 1; a worker thread segments the newest frame and publishes
 ``instances``, ``instance_mask``, ``overlay`` (only while subscribed), ``markers``,
-``detections`` (where vision_msgs exists) and ``/diagnostics``. Service ``set_prompts``.
+``detections`` (where vision_msgs exists) and ``/diagnostics``. Service ``set_prompts``
+(text prompts, and point/box prompts); topic ``point_prompt`` (geometry_msgs/PointStamped in
+image pixels, as image viewers publish mouse clicks) adds a point prompt.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point
+from geometry_msgs.msg import Point, PointStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -38,6 +40,7 @@ from .conversions import (
 )
 from .model import apply_level, load_model
 from .prompts import PromptResult, PromptState
+from .visual import FrameInfo, VisualPromptState
 from .worker import LatestFrameWorker
 
 try:  # optional: vision_msgs is not everywhere
@@ -74,6 +77,9 @@ class SegmentationNode(Node):
         if not r.success:
             raise ValueError(f"initial prompts from parameters: {r.message}")
         self.log.info(r.message)
+        self.visual = VisualPromptState(
+            self.p.max_visual_prompts, self.p.click_max_age, self.p.follow_visual
+        )
         self.budget = BudgetController(self.model.ladder(self.p), self.p.target_fps)
         self.tracker: InstanceTracker | None = None
         self._next_id = 1  # ids carry over when the tracker is rebuilt: never reused
@@ -95,20 +101,61 @@ class SegmentationNode(Node):
         self.create_subscription(Image, "image", self._on_frame, SENSOR_QOS)
         self.create_subscription(CompressedImage, "image/compressed", self._on_frame, SENSOR_QOS)
         self.create_service(SetPrompts, "set_prompts", self._on_set_prompts)
+        self.create_subscription(PointStamped, "point_prompt", self._on_click, 10)
         self.add_on_set_parameters_callback(self._on_parameters)
         self._diag_timer = self.create_timer(self.p.diagnostics_period, self._publish_diagnostics)
         self.last_kept = 0
         self.bad_frames = 0
         self.last_error = ""
+        self.last_prompt_error = ""  # the last refused click, shown in /diagnostics
 
     # -- callbacks on the executor thread (cheap) -----------------------------------------
 
     def _on_frame(self, msg: Image | CompressedImage) -> None:
         self.worker.submit((msg, time.monotonic()))
 
+    def _on_click(self, msg: PointStamped) -> None:
+        if not self.model.visual:
+            r = PromptResult(False, self._no_visual())
+        else:
+            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            r = self.visual.click(msg.point.x, msg.point.y, msg.header.frame_id, stamp)
+        if r.success:
+            self.log.info(f"point_prompt: {r.message}")
+        else:
+            self.last_prompt_error = r.message
+            self.log.warning(f"point_prompt: {r.message}")
+
+    def _no_visual(self) -> str:
+        why = "visual_prompts is false" if not self.p.visual_prompts else (
+            "the model has no trained visual prompter (or the graph was exported without "
+            "--visual)"
+        )  # fmt: skip
+        return f"point/box prompts are off: {why}"
+
+    def _set_visual(self, request: Any) -> PromptResult | None:
+        """The point/box part of a set_prompts request (None when it has none)."""
+        points, boxes = list(request.points), list(request.boxes)
+        if not (points or boxes or request.clear_visual):
+            return None
+        if not self.model.visual:
+            return PromptResult(False, self._no_visual())
+        if request.clear_visual and not (points or boxes):
+            self.visual.clear()
+            return PromptResult(True, "visual prompts cleared")
+        return self.visual.replace(points, boxes)
+
     def _on_set_prompts(self, request: Any, response: Any) -> Any:
         try:
-            r = self.prompt_state.set(list(request.prompts), request.mode)
+            visual = self._set_visual(request)
+            if visual is not None and not visual.success:
+                r = visual
+            elif list(request.prompts) or visual is None:
+                r = self.prompt_state.set(list(request.prompts), request.mode)
+                if visual is not None:
+                    r = PromptResult(r.success, f"{r.message}; {visual.message}", r.encode_ms)
+            else:
+                r = visual
         except Exception as exc:  # a service callback must never take the node down
             r = PromptResult(False, f"set_prompts failed, the old prompts stay: {exc}")
         response.success, response.message, response.encode_ms = r.success, r.message, r.encode_ms
@@ -142,6 +189,8 @@ class SegmentationNode(Node):
         track_keys = ("tracking", "track_iou_gate", "track_max_age")
         if any(getattr(new, k) != getattr(self.p, k) for k in track_keys):
             self.tracker = self._make_tracker(new)  # one assignment: the worker sees old or new
+        self.visual.max_prompts, self.visual.max_age_s = new.max_visual_prompts, new.click_max_age
+        self.visual.follow = new.follow_visual
         if new.target_fps != self.p.target_fps:
             self.budget.set_target(new.target_fps)
         if new.diagnostics_period != self.p.diagnostics_period:
@@ -184,28 +233,40 @@ class SegmentationNode(Node):
             apply_level(self.seg, self.budget.level if self.budget.target_fps > 0
                         else self.model.default_level)  # fmt: skip
             self._pending_level = False
-        (inst,) = self.seg([rgb])
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        self.visual.saw_frame(FrameInfo(msg.header.frame_id, rgb.shape[0], rgb.shape[1], stamp))
+        prompts = self.visual.prompts if self.model.visual else []
+        clicks = self.visual.segmenter_prompts(prompts)
+        (inst,) = self.seg([rgb], [clicks] if clicks else None)
+        n_text = len(inst) - len(clicks)  # the answers to point/box prompts come last
+        text, answers = inst.select(range(n_text)), inst.select(range(n_text, len(inst)))
+        if clicks:
+            answers.label_texts = [p.label for p in prompts]
+            self.visual.answered(prompts, answers.boxes)
         ids = None
         tracker = self.tracker
+        if tracker is not None:  # duplicates among the text answers only: a click is kept
+            keep = suppress_duplicates(text.masks, text.scores, text.boxes)
+            if len(keep) < len(text):
+                text = text.select(keep)
+        inst = text.concat(answers) if clicks else text
         if tracker is not None:
-            keep = suppress_duplicates(inst.masks, inst.scores, inst.boxes)
-            if len(keep) < len(inst):
-                inst = inst.select(keep)
             ids = tracker.update(inst.masks, inst.label_texts).tolist()
         times = self.seg.last_times
         kept = int(self.seg.last_outputs.kept[0, -1]) if self.seg.last_outputs.kept.size else 0
         self.last_kept = kept
-        self._publish(msg.header, rgb, inst, times.inference * 1e3, kept, ids)
+        self._publish(msg.header, rgb, inst, times.inference * 1e3, kept, ids, prompts)
         done = time.monotonic()
         self.worker.stats.add(done - received, done)
         if self.budget.update(done - start, done):
             self.log.info(f"budget: {self.budget.level.describe()}")
 
     def _publish(
-        self, header: Any, rgb: Any, inst: Any, inference_ms: float, kept: int, ids: Any = None
-    ) -> None:
+        self, header: Any, rgb: Any, inst: Any, inference_ms: float, kept: int, ids: Any = None,
+        visual: Any = (),
+    ) -> None:  # fmt: skip
         out = InstanceArray(header=header, mode=self.prompt_state.mode)
-        out.prompts = list(self.prompt_state.prompts)
+        out.prompts = list(self.prompt_state.prompts) + [p.label for p in visual]
         out.inference_ms, out.kept_queries = float(inference_ms), kept
         fields = instance_fields(inst, ids)
         for f in fields:
@@ -284,6 +345,8 @@ class SegmentationNode(Node):
             "kept_queries": str(self.last_kept),
             "prompts": str(len(self.prompt_state.prompts)),
             "mode": self.prompt_state.mode,
+            "visual_prompts": str(len(self.visual.prompts)),
+            "last_prompt_error": self.last_prompt_error,
             **self.budget.state(),
         }
         level = DiagnosticStatus.OK

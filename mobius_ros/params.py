@@ -43,6 +43,10 @@ class NodeParams:
     tracking: bool = True  # persistent instance ids across frames (mobius_core.tracking)
     track_iou_gate: float = 0.3  # least mask IoU to continue a track
     track_max_age: int = 15  # frames an unseen object keeps its id
+    visual_prompts: bool = True  # take point/box prompts where the model has a visual prompter
+    max_visual_prompts: int = 8  # active point/box prompts (a new click drops the oldest)
+    click_max_age: float = 5.0  # seconds a click may be older than the latest image
+    follow_visual: bool = True  # a point/box prompt follows its answer from frame to frame
     publish_overlay: bool = True  # only drawn while someone subscribes
     publish_instance_mask: bool = True
     publish_markers: bool = True
@@ -57,7 +61,7 @@ class NodeParams:
 # Parameters a running node cannot change (they choose and load the model).
 RESTART_ONLY = frozenset(
     {"backend", "model", "config", "text_model", "embeddings", "input_size", "threads",
-     "max_prompts", "max_prompt_chars"}
+     "max_prompts", "max_prompt_chars", "visual_prompts"}
 )  # fmt: skip
 NAMES = tuple(f.name for f in fields(NodeParams))
 
@@ -139,6 +143,10 @@ def _check_range(name: str, v: Any, current: NodeParams | None) -> None:
         need(0.0 < v <= 1.0, "must be in (0, 1]")
     elif name == "track_max_age":
         need(0 <= v <= 10_000, "must be in 0..10000 frames")
+    elif name == "max_visual_prompts":
+        need(1 <= v <= 256, "must be in 1..256")
+    elif name == "click_max_age":
+        need(0 < v <= 3600, "must be in (0, 3600] seconds")
     elif name == "marker_scale":
         need(v > 0, "must be > 0")
     elif name == "diagnostics_period":

@@ -250,3 +250,59 @@ def test_markers_outline_every_instance(ros):
         assert {t.text.rsplit(" ", 1)[0] for t in labels} == {i.label for i in out.instances}
     finally:
         ros.node.destroy_subscription(sub)
+
+
+def _wait_diag(ros, key: str, text: str, seconds: float = 8.0) -> str:
+    end = time.monotonic() + seconds
+    value = ""
+    while time.monotonic() < end:
+        value = ros.diagnostics().get(key, "")
+        if text in value:
+            break
+    return value
+
+
+def test_a_click_segments_the_object_under_it_and_follows_it(ros):
+    from mobius_core.data.synthetic import SEEN_CATEGORIES, render_scene
+    from mobius_core.data.visual_prompts import center_click
+
+    assert ros.set_prompts(PROMPTS, "category").success
+    image, objects = render_scene(np.random.default_rng(7), SEEN_CATEGORIES, (480, 640), 3)
+    target = max(objects, key=lambda o: o["area"])
+    x, y = center_click(target["mask"])
+    ros.send(ros.image(image))  # the node knows the camera's frame and size
+    ros.click(x, y)
+    label = f"point ({x:.0f}, {y:.0f})"
+    assert _wait_diag(ros, "visual_prompts", "1") == "1", ros.log.read_text()[-2000:]
+    out = ros.send(ros.image(image))
+    assert list(out.prompts) == PROMPTS + [label]
+    (hit,) = [i for i in out.instances if i.label == label]
+    assert hit.prompt_index == len(PROMPTS)
+    mask = _decode(hit)
+    iou = (mask & target["mask"]).sum() / (mask | target["mask"]).sum()
+    assert iou > 0.5, f"the answer to the click overlaps its object by IoU {iou:.2f}"
+    again = ros.send(ros.image(image))  # the prompt follows its object and keeps its id
+    (same,) = [i for i in again.instances if i.label == label]
+    assert same.id == hit.id
+    # refused clicks say why and leave the active prompt alone
+    ros.click(5000, 10)
+    assert "outside the 640x480 image" in _wait_diag(ros, "last_prompt_error", "outside")
+    ros.click(10, 10, frame_id="map")
+    assert "in frame 'map'" in _wait_diag(ros, "last_prompt_error", "'map'")
+    from builtin_interfaces.msg import Time
+
+    ros.click(10, 10, stamp=Time(sec=1))  # the frames are stamped with later seconds
+    assert "older than the latest image" in _wait_diag(ros, "last_prompt_error", "older")
+    # the service: boxes replace the clicks, bad input is refused, clear drops them
+    x0, y0, x1, y1 = target["box"]
+    reply = ros.set_prompts([], "", boxes=[x0, y0, x1, y1])
+    assert reply.success, reply.message
+    out = ros.send(ros.image(image))
+    assert list(out.prompts)[: len(PROMPTS)] == PROMPTS and len(out.prompts) == len(PROMPTS) + 1
+    assert out.prompts[-1].startswith("box (")
+    bad = ros.set_prompts([], "", points=[1.0, 2.0, 3.0])
+    assert not bad.success and "pairs" in bad.message
+    assert ros.set_prompts([], "", clear_visual=True).success
+    out = ros.send(ros.image(image))
+    assert list(out.prompts) == PROMPTS
+    assert not ros.set_prompts([], "").success  # nothing asked: the text prompts stay
