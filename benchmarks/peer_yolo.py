@@ -11,7 +11,9 @@ runs/peer) and can be rerun on its own:
     $P benchmarks/peer_yolo.py probe                          # this machine's speed today
     $P benchmarks/peer_yolo.py train --minutes 38.4           # YOLOv8n-seg from scratch
     $P benchmarks/peer_yolo.py train --minutes 38.4 --model yolo11n-seg.yaml
-    $P benchmarks/peer_yolo.py report --out benchmarks/peer_yolo.png
+    $P benchmarks/peer_yolo.py side-by-side --minutes 38.4   # both at once, one core each
+    $P benchmarks/peer_yolo.py report --ours-run runs/peer/shapes_tiny \
+        --out benchmarks/peer_yolo.png
 
 ``convert`` writes the same images the shipped ``shapes_tiny`` trained on (synthetic
 ``train``, 1500 images, seed 0) and the reported ``val`` split (100 images, seed 0) as YOLO
@@ -21,6 +23,11 @@ polygon labels (multi-part masks joined as Ultralytics' own COCO converter does)
 every epoch and the elapsed seconds at each epoch end.
 ``probe`` times 60 steps of the shapes_tiny recipe, so a day on which this shared machine is
 slower than the day shapes_tiny was trained can be told apart from a model difference.
+``side-by-side`` trains YOLOv8n-seg and the shapes_tiny recipe at the same time, each pinned
+to one core with one thread (Ultralytics' own default on a 2-core machine), for the same
+wall-clock budget: the same machine under the same load, whatever the day. The shapes_tiny
+run fits its schedule to the budget (``train.time_schedule``: the lr drop at the same
+fraction of the time as in the step-based recipe) and keeps a checkpoint every 250 steps.
 ``report`` evaluates YOLO's final and per-epoch checkpoints and the shipped shapes_tiny on
 ``val`` with the project's own COCO evaluator (same ground truth, same matching), times
 both ONNX graphs with onnxruntime (1 thread, 320 and 384, interleaved frames, median and
@@ -190,6 +197,67 @@ def probe(steps: int = 60) -> float:
     return rate
 
 
+def side_by_side(work: Path, minutes: float, model_yaml: str) -> None:
+    """YOLO on core 0 and shapes_tiny on core 1, one thread each, started together."""
+    import subprocess
+
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("side-by-side needs 2 cores (one per model)")
+    ours = work / "shapes_tiny"
+    if (ours / "last.pt").exists():
+        raise SystemExit(f"{ours} holds a run already: move it away or choose another --work")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    yolo_cmd = ["taskset", "-c", "0", sys.executable, __file__, "--work", str(work), "train",
+                "--minutes", str(minutes), "--model", model_yaml]  # fmt: skip
+    ours_cmd = [
+        "taskset", "-c", "1", str(ROOT / ".venv" / "bin" / "python"), "-m", "mobius_core.cli",
+        "train", "shapes_tiny", "--synthetic", "train", "--num-images", "1500", "--out",
+        str(ours), "--no-progress", "--set", f"train.max_minutes={minutes}",
+        "--set", "train.time_schedule=true", "--set", "train.keep_checkpoints=true",
+        "--set", "train.checkpoint_every=250",
+    ]  # fmt: skip
+    ours.mkdir(parents=True, exist_ok=True)
+    with open(work / "yolo_train.log", "w") as ylog, open(ours / "train.log", "w") as olog:
+        procs = [
+            subprocess.Popen(yolo_cmd, env=env, stdout=ylog, stderr=subprocess.STDOUT, cwd=ROOT),
+            subprocess.Popen(ours_cmd, env=env, stdout=olog, stderr=subprocess.STDOUT, cwd=ROOT),
+        ]
+        codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"exit codes {codes}; logs in {work}")
+    print(f"done: {work / 'yolo'} and {ours}")
+
+
+def ours_curve(run: Path, ds, imgsz: int) -> list[tuple[float, float]]:
+    """(training seconds, mask AP unpruned) of a shapes_tiny run's kept checkpoints
+    (step_*.pt), by the project's evaluator; cached in the run folder as curve.csv."""
+    from tqdm import tqdm
+
+    from mobius_core.cli import _load_model
+    from mobius_core.config import load_config
+    from mobius_core.evaluation.evaluator import evaluate_dataset
+    from mobius_core.training.checkpoint import load_checkpoint
+
+    cache = run / "curve.csv"
+    done: dict[str, tuple[float, float]] = {}
+    if cache.is_file():
+        with open(cache) as f:
+            done = {
+                r["file"]: (float(r["seconds"]), float(r["mask_ap"])) for r in csv.DictReader(f)
+            }
+    cfg = load_config("shapes_tiny")
+    for ckpt in tqdm(sorted(run.glob("step_*.pt")), desc="checkpoints", unit="ckpt"):
+        if ckpt.name in done:
+            continue
+        seconds = float(load_checkpoint(ckpt)["elapsed_s"])
+        model = _load_model(cfg, str(ckpt), [])
+        ap = evaluate_dataset(model, ds, short_side=imgsz, referring=False).metrics["mask_ap"]
+        done[ckpt.name] = (seconds, ap)
+        rows = ["file,seconds,mask_ap"] + [f"{k},{s:.1f},{a:.2f}" for k, (s, a) in done.items()]
+        atomic_write_text(cache, "\n".join(rows) + "\n")
+    return sorted(done.values())
+
+
 # ----------------------------------------------------------------------------------- report
 
 
@@ -336,8 +404,9 @@ def latency(yolo_weights: Path, sizes: list[int], frames: int, images: list[np.n
 
 
 def report(
-    work: Path, models: list[str], imgsz: int, frames: int, num_val: int, out: str | None
-) -> None:
+    work: Path, models: list[str], imgsz: int, frames: int, num_val: int, out: str | None,
+    ours_run: Path | None = None,
+) -> None:  # fmt: skip
     _ultralytics()
     import torch
     from ultralytics import YOLO
@@ -357,7 +426,17 @@ def report(
     n_ours = sum(p.numel() for n, p in tiny.named_parameters() if not n.startswith("text_encoder."))
     table = [("shapes_tiny (shipped, pruned)", ours["mask_ap"], ours["box_ap"], n_ours / 1e6,
               {s: count_flops(tiny, s, num_prompts=36)["total"] for s in (320, 384)})]  # fmt: skip
-    series = [("shapes_tiny", *zip(*shipped_curve()))]
+    series = [("shapes_tiny (shipped run)", *zip(*shipped_curve()))]
+    if ours_run is not None:  # the side-by-side run: same machine, same time, same load
+        sbs = _load_model(cfg, str(ours_run / "last.pt"), [])
+        pruned = evaluate_dataset(sbs, val, short_side=imgsz, referring=False,
+                                  prune=prune_schedule(cfg.model.pruning)).metrics  # fmt: skip
+        full = evaluate_dataset(sbs, val, short_side=imgsz, referring=False).metrics
+        table.append(("shapes_tiny (side by side, pruned)", pruned["mask_ap"], pruned["box_ap"],
+                      n_ours / 1e6, table[0][4]))  # fmt: skip
+        table.append(("shapes_tiny (side by side, unpruned)", full["mask_ap"], full["box_ap"],
+                      n_ours / 1e6, table[0][4]))  # fmt: skip
+        series.append(("shapes_tiny (side by side)", *zip(*ours_curve(ours_run, val, imgsz))))
     images = [np.asarray(__import__("PIL.Image").Image.open(val.image_dir / im["file_name"])
                          .convert("RGB")) for im in val.images[:20]]  # fmt: skip
     lat = []
@@ -423,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--frames", type=int, default=50)
     r.add_argument("--num-val", type=int, default=100)
     r.add_argument("--out", help="PNG: mask AP against training seconds")
+    r.add_argument("--ours-run", help="a shapes_tiny run trained side by side (its folder)")
+    b = sub.add_parser("side-by-side", help="train YOLO and shapes_tiny at once, a core each")
+    b.add_argument("--minutes", type=float, default=38.4)
+    b.add_argument("--model", default="yolov8n-seg.yaml")
     args = p.parse_args(argv)
     work = Path(args.work)
     if args.cmd == "convert":
@@ -431,8 +514,11 @@ def main(argv: list[str] | None = None) -> int:
         train(work, args.model, args.minutes, args.imgsz, args.batch)
     elif args.cmd == "probe":
         probe(args.steps)
+    elif args.cmd == "side-by-side":
+        side_by_side(work, args.minutes, args.model)
     else:
-        report(work, args.models.split(","), args.imgsz, args.frames, args.num_val, args.out)
+        ours = Path(args.ours_run) if args.ours_run else None
+        report(work, args.models.split(","), args.imgsz, args.frames, args.num_val, args.out, ours)
     return 0
 
 
