@@ -238,8 +238,8 @@ def test_cached_export_is_keyed_on_weights_config_and_graph_version(tmp_path, mo
 
     calls = []
 
-    def fake_export(cfg, model, path, size, dynamic_hw):
-        calls.append(path)
+    def fake_export(cfg, model, path, size, dynamic_hw, visual=False):
+        calls.append((path, visual))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"graph")
         return path
@@ -260,9 +260,11 @@ def test_cached_export_is_keyed_on_weights_config_and_graph_version(tmp_path, mo
     assert onnx_export.cached_export(other, ckpt, 320, cache_dir=tmp_path) != first
     no_context = load_config("shapes_tiny", {"model.pruning.context": False})
     assert onnx_export.cached_export(no_context, ckpt, 320, cache_dir=tmp_path) != first
+    visual = onnx_export.cached_export(cfg, ckpt, 320, cache_dir=tmp_path, visual=True)
+    assert visual != first and calls[-1] == (visual, True)  # the point/box graph apart
     monkeypatch.setattr(onnx_export, "GRAPH_VERSION", onnx_export.GRAPH_VERSION + 1)
     assert onnx_export.cached_export(cfg, ckpt, 320, cache_dir=tmp_path) != first
-    assert len(calls) == 4
+    assert len(calls) == 5
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from mobius_core.config import load_config
 from mobius_core.modeling.heads import TextClassifier
 from mobius_core.modeling.pruning import PruneSchedule
 from mobius_core.modeling.query_selection import LanguageGuidedQuerySelection
-from mobius_core.types import ModelOutput, TextEmbeddings
+from mobius_core.types import ModelOutput, TextEmbeddings, VisualPrompts
 
 PROMPTS = ["red circle", "blue square", "person"]
 ZOO = [
@@ -87,6 +87,10 @@ def test_gradients_reach_every_trainable_parameter(kind, scales, random_text_enc
     for layer in out.aux:
         loss = loss + layer.logits.sum() + layer.boxes.sum() + layer.masks.mean()
     loss = loss + out.selection.logits.sum() + out.selection.box_logits.sum()
+    # point/box prompts: the visual prompter's parameters learn through the prompt scores
+    boxes = torch.tensor([[[0.3, 0.3, 0.3, 0.3], [0.2, 0.1, 0.7, 0.6]]]).expand(2, -1, -1)
+    visual = VisualPrompts(boxes, torch.ones(2, 2, dtype=torch.bool), classify_text=False)
+    loss = loss + model(torch.randn(2, 3, 96, 96), text, visual=visual).logits.sum()
     loss.backward()
     missing = [
         n
