@@ -197,7 +197,7 @@ def probe(steps: int = 60) -> float:
     return rate
 
 
-def side_by_side(work: Path, minutes: float, model_yaml: str) -> None:
+def side_by_side(work: Path, minutes: float, model_yaml: str, ours_set: list[str]) -> None:
     """YOLO on core 0 and shapes_tiny on core 1, one thread each, started together."""
     import subprocess
 
@@ -215,7 +215,7 @@ def side_by_side(work: Path, minutes: float, model_yaml: str) -> None:
         str(ours), "--no-progress", "--set", f"train.max_minutes={minutes}",
         "--set", "train.time_schedule=true", "--set", "train.keep_checkpoints=true",
         "--set", "train.checkpoint_every=250",
-    ]  # fmt: skip
+    ] + [a for kv in ours_set for a in ("--set", kv)]  # fmt: skip
     ours.mkdir(parents=True, exist_ok=True)
     with open(work / "yolo_train.log", "w") as ylog, open(ours / "train.log", "w") as olog:
         procs = [
@@ -228,24 +228,32 @@ def side_by_side(work: Path, minutes: float, model_yaml: str) -> None:
     print(f"done: {work / 'yolo'} and {ours}")
 
 
+def run_config(checkpoint: Path):
+    """The shapes_tiny config a run trained (its model section, as the checkpoint recorded
+    it, e.g. with --set model.pixel_decoder.mask_conv=separable)."""
+    from mobius_core.config import load_config
+    from mobius_core.training.checkpoint import load_checkpoint
+
+    return load_config("shapes_tiny", {"model": load_checkpoint(checkpoint)["config"]["model"]})
+
+
 def ours_curve(run: Path, ds, imgsz: int) -> list[tuple[float, float]]:
     """(training seconds, mask AP unpruned) of a shapes_tiny run's kept checkpoints
     (step_*.pt), by the project's evaluator; cached in the run folder as curve.csv."""
     from tqdm import tqdm
 
     from mobius_core.cli import _load_model
-    from mobius_core.config import load_config
     from mobius_core.evaluation.evaluator import evaluate_dataset
     from mobius_core.training.checkpoint import load_checkpoint
 
     cache = run / "curve.csv"
+    cfg = run_config(run / "last.pt")
     done: dict[str, tuple[float, float]] = {}
     if cache.is_file():
         with open(cache) as f:
             done = {
                 r["file"]: (float(r["seconds"]), float(r["mask_ap"])) for r in csv.DictReader(f)
             }
-    cfg = load_config("shapes_tiny")
     for ckpt in tqdm(sorted(run.glob("step_*.pt")), desc="checkpoints", unit="ckpt"):
         if ckpt.name in done:
             continue
@@ -428,14 +436,17 @@ def report(
               {s: count_flops(tiny, s, num_prompts=36)["total"] for s in (320, 384)})]  # fmt: skip
     series = [("shapes_tiny (shipped run)", *zip(*shipped_curve()))]
     if ours_run is not None:  # the side-by-side run: same machine, same time, same load
-        sbs = _load_model(cfg, str(ours_run / "last.pt"), [])
+        sbs_cfg = run_config(ours_run / "last.pt")
+        sbs = _load_model(sbs_cfg, str(ours_run / "last.pt"), [])
         pruned = evaluate_dataset(sbs, val, short_side=imgsz, referring=False,
                                   prune=prune_schedule(cfg.model.pruning)).metrics  # fmt: skip
         full = evaluate_dataset(sbs, val, short_side=imgsz, referring=False).metrics
+        n_sbs = sum(p.numel() for n, p in sbs.named_parameters() if not n.startswith("text_"))
+        sbs_flops = {s: count_flops(sbs, s, num_prompts=36)["total"] for s in (320, 384)}
         table.append(("shapes_tiny (side by side, pruned)", pruned["mask_ap"], pruned["box_ap"],
-                      n_ours / 1e6, table[0][4]))  # fmt: skip
+                      n_sbs / 1e6, sbs_flops))  # fmt: skip
         table.append(("shapes_tiny (side by side, unpruned)", full["mask_ap"], full["box_ap"],
-                      n_ours / 1e6, table[0][4]))  # fmt: skip
+                      n_sbs / 1e6, sbs_flops))  # fmt: skip
         series.append(("shapes_tiny (side by side)", *zip(*ours_curve(ours_run, val, imgsz))))
     images = [np.asarray(__import__("PIL.Image").Image.open(val.image_dir / im["file_name"])
                          .convert("RGB")) for im in val.images[:20]]  # fmt: skip
@@ -506,6 +517,13 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("side-by-side", help="train YOLO and shapes_tiny at once, a core each")
     b.add_argument("--minutes", type=float, default=38.4)
     b.add_argument("--model", default="yolov8n-seg.yaml")
+    b.add_argument(
+        "--ours-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for the shapes_tiny run (repeatable)",
+    )
     args = p.parse_args(argv)
     work = Path(args.work)
     if args.cmd == "convert":
@@ -515,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "probe":
         probe(args.steps)
     elif args.cmd == "side-by-side":
-        side_by_side(work, args.minutes, args.model)
+        side_by_side(work, args.minutes, args.model, args.ours_set)
     else:
         ours = Path(args.ours_run) if args.ours_run else None
         report(work, args.models.split(","), args.imgsz, args.frames, args.num_val, args.out, ours)

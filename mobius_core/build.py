@@ -29,6 +29,7 @@ def _common(cfg: ModelConfig) -> dict[str, Any]:
         "ffn_dim": p.ffn_dim,
         "dropout": p.dropout,
         "text_fusion": p.text_fusion,
+        "mask_conv": p.mask_conv,
     }
 
 

@@ -95,6 +95,7 @@ class BottleneckEncoder(nn.Module):
         bottleneck_stride: int = 16,
         dropout: float = 0.0,
         text_fusion: bool = True,
+        mask_conv: str = "full",
     ) -> None:
         super().__init__()
         self.input_proj = InputProjection(in_channels[1:], in_strides[1:], dim)
@@ -118,7 +119,7 @@ class BottleneckEncoder(nn.Module):
             )
             for i in range(num_blocks)
         )
-        self.mask_features = MaskFeatures(in_channels[0], dim)
+        self.mask_features = MaskFeatures(in_channels[0], dim, mask_conv)
 
     def forward(self, features: BackboneFeatures, text: TextTokens | None) -> PixelDecoderOutput:
         """features: S2..S5; text: projected tokens [B,KT,C] or None -> levels with B̂."""

@@ -240,3 +240,27 @@ def test_bad_image_shape_is_a_clear_error(tiny_model):
     text = tiny_model.encode_text(PROMPTS)
     with pytest.raises(ValueError, match=r"\[B,3,H,W\]"):
         tiny_model(torch.randn(3, 64, 64), text)
+
+
+def test_separable_mask_conv_costs_a_fraction_and_keeps_the_shape(random_text_encoder):
+    from mobius_core.flops import count_flops
+    from mobius_core.modeling.feature_projection import MaskFeatures
+
+    torch.manual_seed(0)
+    full, sep = MaskFeatures(24, 64), MaskFeatures(24, 64, "separable")
+    src, s2 = torch.randn(2, 64, 4, 5), torch.randn(2, 24, 16, 20)
+    assert full(src, s2).shape == sep(src, s2).shape == (2, 64, 16, 20)
+    n_full = sum(p.numel() for p in full.output.parameters())
+    n_sep = sum(p.numel() for p in sep.output.parameters())
+    assert n_sep < n_full / 5  # 64*9 + 64*64 (+ biases, norm) against 64*64*9
+    # the full variant keeps the parameter names of the shipped weights
+    assert "output.0.0.weight" in dict(full.named_parameters())
+    with pytest.raises(ValueError, match="separable"):
+        MaskFeatures(24, 64, "dilated")
+    costs = {
+        m: count_flops(build_model(load_config("shapes_tiny", {
+            "model.pixel_decoder.mask_conv": m}), text_encoder=random_text_encoder), (320, 320),
+            num_prompts=4)["pixel_decoder"]
+        for m in ("full", "separable")
+    }  # fmt: skip
+    assert costs["separable"] < 0.4 * costs["full"]

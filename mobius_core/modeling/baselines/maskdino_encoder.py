@@ -72,6 +72,7 @@ class MaskDINOEncoder(nn.Module):
         ffn_dim: int = 2048,
         dropout: float = 0.0,
         text_fusion: bool = True,
+        mask_conv: str = "full",
     ) -> None:
         super().__init__()
         self.input_proj = InputProjection(in_channels[1:], in_strides[1:], dim)
@@ -91,7 +92,7 @@ class MaskDINOEncoder(nn.Module):
             )
             for i in range(num_blocks)
         )
-        self.mask_features = MaskFeatures(in_channels[0], dim)
+        self.mask_features = MaskFeatures(in_channels[0], dim, mask_conv)
 
     def forward(self, features: BackboneFeatures, text: TextTokens | None) -> PixelDecoderOutput:
         """features: S2..S5; text: projected tokens [B,KT,C] or None -> enhanced S3..S6."""

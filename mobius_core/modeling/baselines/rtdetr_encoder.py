@@ -84,6 +84,7 @@ class RTDETRHybridEncoder(nn.Module):
         ffn_dim: int = 1024,
         dropout: float = 0.0,
         text_fusion: bool = True,
+        mask_conv: str = "full",
         csp_blocks: int = 3,
     ) -> None:
         super().__init__()
@@ -100,7 +101,7 @@ class RTDETRHybridEncoder(nn.Module):
         self.fpn = nn.ModuleList(CSPRepLayer(2 * dim, dim, csp_blocks) for _ in range(n - 1))
         self.down = nn.ModuleList(ConvNormAct(dim, dim, 3, stride=2) for _ in range(n - 1))
         self.pan = nn.ModuleList(CSPRepLayer(2 * dim, dim, csp_blocks) for _ in range(n - 1))
-        self.mask_features = MaskFeatures(in_channels[0], dim)
+        self.mask_features = MaskFeatures(in_channels[0], dim, mask_conv)
 
     def forward(self, features: BackboneFeatures, text: TextTokens | None) -> PixelDecoderOutput:
         """features: S2..S5; text: projected tokens [B,KT,C] or None -> fused S3..S5."""
