@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a config override for the shapes_tiny run (repeatable)",
     )
     args = p.parse_args(argv)
-    work = Path(args.work)
+    work = Path(args.work).resolve()  # Ultralytics puts a relative project under its own runs/
     if args.cmd == "convert":
         print(convert(work, args.num_train, args.num_val))
     elif args.cmd == "train":
