@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mobius_core.export.runtime import visual_prompt_box, visual_prompt_label
+
 from .prompts import PromptResult
 
 
@@ -36,12 +38,6 @@ class FrameInfo:
     height: int
     width: int
     stamp_s: float
-
-
-def describe(values: Sequence[float]) -> str:
-    if len(values) == 2:
-        return "point ({:.0f}, {:.0f})".format(*values)
-    return "box ({:.0f}, {:.0f}, {:.0f}, {:.0f})".format(*values)
 
 
 class VisualPromptState:
@@ -67,9 +63,7 @@ class VisualPromptState:
         self, values: Sequence[float], frame_id: str | None, stamp_s: float | None
     ) -> VisualPrompt:
         """One prompt checked against the latest frame, or ValueError saying what is wrong."""
-        what = describe(values)
-        if not all(np.isfinite(values)):
-            raise ValueError(f"{what}: coordinates must be finite numbers")
+        what = visual_prompt_label(values)
         frame = self.frame
         if frame is None:
             raise ValueError(f"{what}: no image received yet, so there is nothing to point at")
@@ -83,14 +77,8 @@ class VisualPromptState:
                 f"{what} is {frame.stamp_s - stamp_s:.1f} s older than the latest image (limit "
                 f"{self.max_age_s:.1f} s): the scene has moved on, click again"
             )
-        box = tuple(float(v) for v in (list(values) * 2 if len(values) == 2 else values))
-        x0, y0, x1, y1 = box
-        if not (0 <= x0 <= x1 <= frame.width and 0 <= y0 <= y1 <= frame.height):
-            raise ValueError(
-                f"{what} is outside the {frame.width}x{frame.height} image (or its corners are "
-                "swapped): give pixel coordinates inside it"
-            )
-        return VisualPrompt(box, what)  # type: ignore[arg-type]
+        box, _ = visual_prompt_box(values, frame.height, frame.width)
+        return VisualPrompt(box, what)
 
     def click(
         self, x: float, y: float, frame_id: str = "", stamp_s: float | None = None

@@ -507,6 +507,34 @@ class Segmenter:
         return result
 
 
+def visual_prompt_label(values: Sequence[float]) -> str:
+    """How a point/box prompt is written in instance labels: ``point (x, y)``, ``box (...)``."""
+    if len(values) == 2:
+        return "point ({:.0f}, {:.0f})".format(*values)
+    if len(values) == 4:
+        return "box ({:.0f}, {:.0f}, {:.0f}, {:.0f})".format(*values)
+    raise ValueError(f"a visual prompt is (x, y) or (x0, y0, x1, y1), got {list(values)}")
+
+
+def visual_prompt_box(
+    values: Sequence[float], height: int, width: int
+) -> tuple[tuple[float, float, float, float], str]:
+    """A point ``(x, y)`` or box ``(x0, y0, x1, y1)`` in pixels of a ``height`` x ``width``
+    image -> (xyxy box, a point as a zero-size one; its label); ValueError saying what is
+    wrong when it is malformed, not finite or not inside the image."""
+    label = visual_prompt_label(values)
+    box = [float(c) for c in values] * (2 if len(values) == 2 else 1)
+    if not all(np.isfinite(box)):
+        raise ValueError(f"{label}: coordinates must be finite numbers")
+    x0, y0, x1, y1 = box
+    if not (0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height):
+        raise ValueError(
+            f"{label} is outside the {width}x{height} image or its corners are swapped "
+            "(x1 < x0 or y1 < y0): give pixel coordinates inside it"
+        )
+    return (x0, y0, x1, y1), label
+
+
 def visual_feed(
     prompts: Sequence[Sequence[Sequence[float]]],
     image_sizes: Sequence[tuple[int, int]],
@@ -523,20 +551,8 @@ def visual_feed(
         sx, sy = iw / w / padded[1], ih / h / padded[0]
         names.append([])
         for j, p in enumerate(plist):
-            box = [float(c) for c in p]
-            if len(box) == 2:
-                box = box * 2
-                names[i].append(f"point ({box[0]:.0f}, {box[1]:.0f})")
-            elif len(box) == 4:
-                names[i].append("box ({:.0f}, {:.0f}, {:.0f}, {:.0f})".format(*box))
-            else:
-                raise ValueError(f"a visual prompt is (x, y) or (x0, y0, x1, y1), got {p}")
-            x0, y0, x1, y1 = box
-            if not all(np.isfinite(box)) or not (0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h):
-                raise ValueError(
-                    f"visual prompt {names[i][-1]} is outside the {w}x{h} image (or x1 < x0, "
-                    "y1 < y0); give pixel coordinates inside it"
-                )
+            (x0, y0, x1, y1), label = visual_prompt_box(p, h, w)
+            names[i].append(label)
             boxes[i, j] = [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
             valid[i, j] = True
     return boxes, valid, names
