@@ -50,25 +50,12 @@ class ImageGraph(nn.Module):
         prune_high: Tensor,
         prune_beta: Tensor,
         min_keep: Tensor,
+        visual_boxes: Tensor | None = None,
+        visual_valid: Tensor | None = None,
     ) -> tuple[Tensor, ...]:
-        return self.run(
-            image, text_tokens, text_token_mask, text_pooled, prompt_valid,
-            prune_low, prune_high, prune_beta, min_keep,
-        )  # fmt: skip
-
-    def run(
-        self,
-        image: Tensor,
-        text_tokens: Tensor,
-        text_token_mask: Tensor,
-        text_pooled: Tensor,
-        prompt_valid: Tensor,
-        prune_low: Tensor,
-        prune_high: Tensor,
-        prune_beta: Tensor,
-        min_keep: Tensor,
-        visual: VisualPrompts | None = None,
-    ) -> tuple[Tensor, ...]:
+        """``io_spec.IMAGE_INPUTS`` in order; with ``visual_boxes``/``visual_valid`` too
+        (``io_spec.VISUAL_GRAPH_INPUTS``), the point/box prompts are scored after the text.
+        Traced with 9 inputs it is the plain graph, with 11 the point/box one."""
         text = TextEmbeddings(text_tokens, text_token_mask & prompt_valid[:, None], text_pooled)
         prune = PruneSchedule(
             self.schedule,
@@ -78,35 +65,15 @@ class ImageGraph(nn.Module):
             min_keep.reshape(()),
             context=self.context,
         )
+        visual = None
+        if visual_boxes is not None and visual_valid is not None:
+            visual = VisualPrompts(visual_boxes, visual_valid)
         out = self.model(
             self.model.normalize(image), text, prune=prune, prompt_valid=prompt_valid, visual=visual
         )
         prompt_scores = out.logits.sigmoid() * out.query_valid[..., None].to(out.logits.dtype)
         scores, labels = prompt_scores.max(dim=-1)
         return prompt_scores, scores, labels, out.boxes, out.masks, out.query_valid, out.kept
-
-
-class VisualImageGraph(ImageGraph):
-    """The image graph with point/box prompt inputs (``io_spec.VISUAL_GRAPH_INPUTS``)."""
-
-    def forward(  # type: ignore[override]
-        self,
-        image: Tensor,
-        text_tokens: Tensor,
-        text_token_mask: Tensor,
-        text_pooled: Tensor,
-        prompt_valid: Tensor,
-        prune_low: Tensor,
-        prune_high: Tensor,
-        prune_beta: Tensor,
-        min_keep: Tensor,
-        visual_boxes: Tensor,
-        visual_valid: Tensor,
-    ) -> tuple[Tensor, ...]:
-        return self.run(
-            image, text_tokens, text_token_mask, text_pooled, prompt_valid,
-            prune_low, prune_high, prune_beta, min_keep, VisualPrompts(visual_boxes, visual_valid),
-        )  # fmt: skip
 
 
 def example_inputs(
@@ -168,7 +135,7 @@ def export_image_graph(
             "--visual: this model has no trained visual prompter (see `mobius eval --task "
             "visual` in benchmarks/RESULTS.md for how one is trained)"
         )
-    graph = (VisualImageGraph if visual else ImageGraph)(model, schedule, context).eval()
+    graph = ImageGraph(model, schedule, context).eval()
     inputs = example_inputs(model, size, visual=3 if visual else 0)
     in_specs = io_spec.VISUAL_GRAPH_INPUTS if visual else io_spec.IMAGE_INPUTS
     out_specs = io_spec.VISUAL_GRAPH_OUTPUTS if visual else io_spec.IMAGE_OUTPUTS

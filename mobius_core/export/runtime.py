@@ -329,13 +329,8 @@ class TorchBackend:
             torch.from_numpy(np.ascontiguousarray(feed[n])).to(self.device)
             for n in io_spec.names(specs)
         ]
-        visual = None
-        if specs is io_spec.VISUAL_GRAPH_INPUTS:
-            from ..types import VisualPrompts
-
-            visual = VisualPrompts(args.pop(-2), args.pop(-1))
         with torch.no_grad():
-            values = [v.cpu().numpy() for v in self.graph.run(*args, visual=visual)]
+            values = [v.cpu().numpy() for v in self.graph(*args)]
         return outputs_from_list(values, feed["image"].shape[2:])
 
 
