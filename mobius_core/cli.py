@@ -170,7 +170,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from .training.checkpoint import load_checkpoint, load_model_weights
 
         load_model_weights(model, load_checkpoint(args.init), f"--init {args.init}")
-    trainer = Trainer(cfg, model, dataset, args.out, progress=not args.no_progress)
+    trainer = Trainer(
+        cfg, model, dataset, args.out, progress=not args.no_progress, device=args.device
+    )
     checkpoint = Path(args.out) / "last.pt"
     if args.resume:
         if not checkpoint.is_file():
@@ -513,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--init",
         help="start from these model weights (a checkpoint or release; parts it lacks, such as "
         "a visual prompter, start fresh) instead of from scratch",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where to train: cpu (default), cuda or cuda:N; batches are built on the CPU",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)

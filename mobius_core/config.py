@@ -150,6 +150,10 @@ class TrainConfig:
     text_lr_mult: float = _bounded(0.1, 0.0, 10.0)
     freeze_text_encoder: bool = False
     warmup_steps: int = _bounded(100, 0, 10_000_000)
+    # After warm-up: "step" multiplies the lr by lr_drop_factor at each of lr_drop_steps;
+    # "linear" and "cosine" decay it to 0 at max_steps (or at the end of max_minutes with
+    # time_schedule), the usual choice when the budget is fixed in advance
+    lr_decay: str = _choice("step", "linear", "cosine", default="step")
     lr_drop_steps: list[int] = field(default_factory=list)
     lr_drop_factor: float = _bounded(0.1, 0.0, 1.0)
     grad_clip: float = _bounded(0.1, 0.0, 1e6)
@@ -170,6 +174,11 @@ class TrainConfig:
     short_sides: list[int] = field(default_factory=lambda: list(range(384, 801, 32)))
     max_size: int = _bounded(1333, 32, 8192)
     flip_prob: float = _bounded(0.5, 0.0, 1.0)
+    # Share of category/agnostic training images replaced by a 2x2 mosaic of four images
+    # of the same source, a window of it resized to one image's size; the window is that
+    # size over a random scale in [mosaic_min_scale, 1] (0.5: up to the whole canvas)
+    mosaic_prob: float = _bounded(0.0, 0.0, 1.0)
+    mosaic_min_scale: float = _bounded(0.5, 0.5, 1.0)
     seed: int = _bounded(0, 0, 2**31 - 1)
     log_every: int = _bounded(10, 1, 1_000_000)
     tensorboard: bool = True  # also log to OUT/tensorboard where the package is installed

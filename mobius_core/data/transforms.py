@@ -96,3 +96,108 @@ def collate(
         targets.append(Target(it.labels, cxcywh, masks))
         sizes.append((h, w))
     return images, targets, sizes
+
+
+def mosaic(
+    samples: Sequence[Sample],
+    rng: np.random.Generator,
+    min_scale: float = 1.0,
+    min_visible: float = 0.25,
+    min_pixels: int = 16,
+    fill: int = 114,
+) -> Sample:
+    """Four samples on a 2x2 canvas at their own scale; a window of the first one's size
+    divided by a random scale in [``min_scale``, 1] (0.5: up to the whole canvas) is cut
+    around a random centre and resized to the first one's size.
+
+    Instances keep their labels (the four must share one label space); an instance is kept
+    if at least ``min_visible`` of it (and ``min_pixels`` canvas pixels; for box-only
+    samples, of its box area) is inside the window, its box then fits what is visible.
+    More instances per image, and objects cut by the border, for nothing in the model.
+
+    Raises:
+        ValueError: not four samples, some with masks and some without, or a bad scale.
+    """
+    if len(samples) != 4:
+        raise ValueError(f"a mosaic needs 4 samples, got {len(samples)}")
+    if not 0.5 <= min_scale <= 1.0:
+        raise ValueError(f"mosaic min_scale must be in [0.5, 1], got {min_scale}")
+    with_masks = {s.masks is not None for s in samples}
+    if len(with_masks) != 1:
+        raise ValueError("a mosaic needs all four samples with masks or all without")
+    h, w = samples[0].image.shape[:2]
+    scale = float(rng.uniform(min_scale, 1.0))
+    wh, ww = min(round(h / scale), 2 * h), min(round(w / scale), 2 * w)  # the window
+    # window [cy, cy+wh) x [cx, cx+ww) on the 2h x 2w canvas, kept near the centre so each
+    # quarter shows; quarter k's image is pasted at (k // 2 * h, k % 2 * w)
+    lo_y, lo_x = max(h - wh + h // 4, 0), max(w - ww + w // 4, 0)
+    cy = int(rng.integers(lo_y, max(min(h - h // 4, 2 * h - wh), lo_y) + 1))
+    cx = int(rng.integers(lo_x, max(min(w - w // 4, 2 * w - ww), lo_x) + 1))
+    image = np.full((wh, ww, 3), fill, dtype=np.uint8)
+    boxes, labels, masks, crowd, ann_ids = [], [], [], [], []
+    has_ids = all(s.ann_ids is not None for s in samples)
+    for k, s in enumerate(samples):
+        oy, ox = (k // 2) * h, (k % 2) * w
+        sh, sw = min(s.image.shape[0], h), min(s.image.shape[1], w)
+        # overlap of the pasted image [oy, oy+sh) x [ox, ox+sw) with the window, canvas frame
+        y0, y1 = max(oy, cy), min(oy + sh, cy + wh)
+        x0, x1 = max(ox, cx), min(ox + sw, cx + ww)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        src = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
+        dst = (slice(y0 - cy, y1 - cy), slice(x0 - cx, x1 - cx))
+        image[dst] = s.image[src]
+        for j in range(len(s.labels)):
+            if s.masks is not None:
+                full = s.masks[j]
+                part = full[src]
+                area, seen = int(full.sum()), int(part.sum())
+                if seen < min_pixels or seen < min_visible * area:
+                    continue
+                m = np.zeros((wh, ww), dtype=bool)
+                m[dst] = part
+                masks.append(m)
+                box = [0.0, 0.0, 0.0, 0.0]  # from the resized mask below
+            else:
+                bx0, by0, bx1, by1 = (float(v) for v in s.boxes[j])
+                area = max(bx1 - bx0, 0.0) * max(by1 - by0, 0.0)
+                vx0, vy0 = max(bx0 + ox, x0), max(by0 + oy, y0)  # visible part, canvas frame
+                vx1, vy1 = min(bx1 + ox, x1), min(by1 + oy, y1)
+                seen = max(vx1 - vx0, 0.0) * max(vy1 - vy0, 0.0)
+                if seen < min_pixels or seen < min_visible * area:
+                    continue
+                fx, fy = w / ww, h / wh
+                box = [(vx0 - cx) * fx, (vy0 - cy) * fy, (vx1 - cx) * fx, (vy1 - cy) * fy]
+            boxes.append(box)
+            labels.append(s.labels[j])
+            crowd.append(s.iscrowd[j])
+            if has_ids:
+                ann_ids.append(s.ann_ids[j])
+    if (wh, ww) != (h, w):
+        from PIL import Image
+
+        image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+        if masks:
+            m = torch.from_numpy(np.stack(masks)).float()
+            masks = list((F.interpolate(m[None], size=(h, w), mode="bilinear")[0] > 0.5).numpy())
+    if masks:  # boxes fit the (resized) masks; one that vanished in the resize is dropped
+        keep = [j for j, m in enumerate(masks) if m.any()]
+        for j in keep:
+            ys, xs = np.nonzero(masks[j])
+            boxes[j] = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        masks, boxes = [masks[j] for j in keep], [boxes[j] for j in keep]
+        labels, crowd = [labels[j] for j in keep], [crowd[j] for j in keep]
+        ann_ids = [ann_ids[j] for j in keep] if has_ids else ann_ids
+    n = len(labels)
+    return Sample(
+        image=image,
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(n, 4),
+        labels=np.asarray(labels, dtype=np.int64).reshape(n),
+        masks=(np.stack(masks) if masks else np.zeros((0, h, w), bool))
+        if samples[0].masks is not None
+        else None,
+        iscrowd=np.asarray(crowd, dtype=bool).reshape(n),
+        image_id=samples[0].image_id,
+        file_name=samples[0].file_name,
+        ann_ids=np.asarray(ann_ids, dtype=np.int64).reshape(n) if has_ids else None,
+    )

@@ -58,7 +58,9 @@ class ModelEma:
         missing = set(self.shadow) - set(state["shadow"])
         if missing:
             raise ValueError(f"EMA state lacks {sorted(missing)[:3]}; it is from another model")
-        self.shadow = {k: state["shadow"][k].clone() for k in self.shadow}
+        self.shadow = {  # on the device the model trains on (checkpoints load on the CPU)
+            k: state["shadow"][k].to(self.shadow[k].device).clone() for k in self.shadow
+        }
         self.updates = int(state["updates"])
 
 

@@ -22,9 +22,10 @@ from ..config import Config
 from ..data.coco import Sample
 from ..data.mixed import CategorySource, MixedDataset, SourceSpec, merge_prompts
 from ..data.synthetic import flip_expression
-from ..data.transforms import ResizeFlip, collate
+from ..data.transforms import ResizeFlip, collate, mosaic
 from ..data.visual_prompts import sample_visual_prompts
 from ..modeling.mobius import Mobius
+from ..types import Target, VisualPrompts
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .criterion import SetCriterion
@@ -70,7 +71,8 @@ def build_criterion(cfg: Config) -> SetCriterion:
 class Trainer:
     """Trains ``model`` on ``dataset`` with the recipe of ``cfg.train``, writing to ``out_dir``:
     ``log.csv`` (one row per ``log_every`` steps), ``last.pt`` (every ``checkpoint_every``
-    steps and at the end)."""
+    steps and at the end). ``device`` (default CPU) is where the model trains; batches are
+    assembled on the CPU and moved there."""
 
     def __init__(
         self,
@@ -79,9 +81,16 @@ class Trainer:
         dataset: InstanceDataset,
         out_dir: str | Path,
         progress: bool = True,
+        device: str | torch.device | None = None,
     ) -> None:
         if len(dataset) == 0:
             raise ValueError("the training dataset is empty")
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {device}: this PyTorch sees no CUDA device; train with --device cpu"
+            )
+        model.to(self.device)
         self.cfg, self.model, self.dataset = cfg, model, dataset
         self.data = (
             dataset
@@ -153,7 +162,12 @@ class Trainer:
         items = self.data.items(step, t.batch_size, t.seed, shard=(self.rank, self.world))
         positions = range(self.rank, t.batch_size, self.world)
         for i, item in zip(positions, items):
-            r = self.transform(item.sample, np.random.default_rng([t.seed, step, i]))
+            sample = item.sample
+            if t.mosaic_prob > 0 and item.task != "referring":
+                rng = np.random.default_rng([t.seed, step, i, 17])
+                if rng.random() < t.mosaic_prob:
+                    sample = self.mosaic_sample(step, item, rng)
+            r = self.transform(sample, np.random.default_rng([t.seed, step, i]))
             prompts = item.prompts
             if r.flipped and item.task == "referring":
                 prompts = tuple(flip_expression(p) for p in prompts)
@@ -164,6 +178,27 @@ class Trainer:
             r.labels = r.labels + offset
         images, targets, sizes = collate(resized)
         return images, targets, sizes, prompts
+
+    def mosaic_sample(self, step: int, item, rng: np.random.Generator):
+        """``item``'s sample in a 2x2 mosaic with three random images of the same source
+        (so the labels share one prompt list); referring items never get here."""
+        source = self.data.specs[self.data.source_of(step, self.cfg.train.seed)].source
+        partners = [source.item(int(j), rng) for j in rng.integers(len(source), size=3)]
+        samples = [item.sample] + [p.sample for p in partners]
+        return mosaic(samples, rng, min_scale=self.cfg.train.mosaic_min_scale)
+
+    def to_device(self, images, targets, visual):
+        """The batch on the training device (a no-op on the CPU)."""
+        d = self.device
+        if d.type == "cpu":
+            return images, targets, visual
+        targets = [
+            Target(t.labels.to(d), t.boxes.to(d), None if t.masks is None else t.masks.to(d))
+            for t in targets
+        ]
+        if visual is not None:
+            visual = VisualPrompts(visual.boxes.to(d), visual.valid.to(d), visual.classify_text)
+        return images.to(d, non_blocking=True), targets, visual
 
     def visual_step(self, step: int) -> bool:
         """Whether ``step`` prompts with points/boxes (a function of seed and step)."""
@@ -203,6 +238,7 @@ class Trainer:
             )
             if rng.random() < 0.5:
                 prompts = []
+        images, targets, visual = self.to_device(images, targets, visual)
         if not prompts:
             text = self.model.text_encoder.empty()
         elif self.cfg.train.freeze_text_encoder:
@@ -360,6 +396,11 @@ class Trainer:
             "elapsed_s": self.elapsed_s,
             "world_size": self.world,
             "torch_rng": torch.get_rng_state(),
+            **(
+                {"cuda_rng": torch.cuda.get_rng_state(self.device)}
+                if self.device.type == "cuda"
+                else {}
+            ),
             "config": asdict(self.cfg),
             "prompts": list(self.prompts),
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
@@ -390,3 +431,5 @@ class Trainer:
                 )
             self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)

@@ -1,6 +1,8 @@
-"""AdamW with per-part learning rates and the warm-up + step-decay schedule."""
+"""AdamW with per-part learning rates and the warm-up + decay schedule."""
 
 from __future__ import annotations
+
+import math
 
 from torch import nn, optim
 
@@ -34,18 +36,30 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> optim.AdamW:
 
 
 def lr_factor(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
-    """Multiplier of the base learning rate at ``step``: linear warm-up, then step decay.
+    """Multiplier of the base learning rate at ``step``: linear warm-up, then the decay of
+    ``cfg.lr_decay`` (step drops, or linear/cosine to 0 at the end of the run).
 
-    With ``cfg.time_schedule`` a drop comes once ``elapsed_s`` (training seconds so far)
-    reaches the same fraction of ``cfg.max_minutes`` as its step is of ``cfg.max_steps``."""
+    With ``cfg.time_schedule`` the run's progress is ``elapsed_s`` (training seconds so far)
+    over ``cfg.max_minutes``: a step drop comes at the same fraction of the budget as its
+    step is of ``cfg.max_steps``, and linear/cosine reach 0 when the budget is spent."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
+    if cfg.lr_decay == "step":
+        if cfg.time_schedule:
+            budget_s = cfg.max_minutes * 60.0
+            drops = sum(elapsed_s >= s / cfg.max_steps * budget_s for s in cfg.lr_drop_steps)
+        else:
+            drops = sum(step >= s for s in cfg.lr_drop_steps)
+        return cfg.lr_drop_factor**drops
     if cfg.time_schedule:
-        budget_s = cfg.max_minutes * 60.0
-        drops = sum(elapsed_s >= s / cfg.max_steps * budget_s for s in cfg.lr_drop_steps)
+        done = elapsed_s / (cfg.max_minutes * 60.0)
     else:
-        drops = sum(step >= s for s in cfg.lr_drop_steps)
-    return cfg.lr_drop_factor**drops
+        span = max(cfg.max_steps - cfg.warmup_steps, 1)
+        done = (step - cfg.warmup_steps) / span
+    done = min(max(done, 0.0), 1.0)
+    if cfg.lr_decay == "linear":
+        return 1.0 - done
+    return 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def set_learning_rates(

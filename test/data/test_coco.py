@@ -108,3 +108,66 @@ def test_resize_flip_and_collate(tmp_path):
         targets[0].boxes[0], torch.tensor([30 / 128, 40 / 96, 40 / 128, 40 / 96])
     )
     assert targets[0].masks.shape == (1, 96, 128) and not targets[0].masks[0, 80:].any()
+
+
+def _square_sample(h: int, w: int, label: int, y: int, x: int, side: int, masks: bool = True):
+    from mobius_core.data.coco import Sample
+
+    image = np.zeros((h, w, 3), np.uint8)
+    m = np.zeros((h, w), bool)
+    m[y : y + side, x : x + side] = True
+    image[m] = 50 * (label + 1)
+    return Sample(
+        image=image,
+        boxes=np.asarray([[x, y, x + side, y + side]], np.float32),
+        labels=np.asarray([label], np.int64),
+        masks=m[None] if masks else None,
+        iscrowd=np.zeros(1, bool),
+        image_id=label,
+        file_name=f"{label}.png",
+        ann_ids=np.asarray([label], np.int64),
+    )
+
+
+def test_mosaic_keeps_what_is_visible_with_boxes_that_fit():
+    from mobius_core.data.transforms import mosaic
+
+    # one square in each image's middle: at scale 1 the window always shows some of each
+    samples = [_square_sample(64, 64, k, 24, 24, 16) for k in range(4)]
+    for seed in range(20):
+        out = mosaic(samples, np.random.default_rng(seed), min_scale=1.0, min_visible=0.0,
+                     min_pixels=1)  # fmt: skip
+        assert out.image.shape == (64, 64, 3)
+        for box, m, label in zip(out.boxes, out.masks, out.labels):
+            ys, xs = np.nonzero(m)
+            assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            assert (out.image[m] == 50 * (label + 1)).all()  # the mask is on its own pixels
+        assert out.ann_ids.tolist() == out.labels.tolist()
+    # at scale 0.5 the window is the whole canvas: all four, each at half size
+    whole = mosaic(samples, np.random.default_rng(0), min_scale=0.5)
+    whole_scale = [mosaic(samples, np.random.default_rng(s), min_scale=0.5) for s in range(30)]
+    full = [o for o in [whole, *whole_scale] if len(o.labels) == 4]
+    assert full, "some window at scale near 0.5 shows all four squares"
+    assert all(o.masks.sum(axis=(1, 2)).max() < 16 * 16 for o in full)
+    # min_visible drops what is mostly outside: a corner square
+    corner = [_square_sample(64, 64, k, 0, 0, 16) for k in range(4)]
+    out = mosaic(corner, np.random.default_rng(1), min_scale=1.0, min_visible=0.99)
+    for m in out.masks:
+        assert m.sum() == 16 * 16  # only squares seen whole are kept
+
+
+def test_mosaic_box_only_and_bad_input():
+    from mobius_core.data.transforms import mosaic
+
+    samples = [_square_sample(64, 64, k, 24, 24, 16, masks=False) for k in range(4)]
+    out = mosaic(samples, np.random.default_rng(0), min_scale=1.0, min_visible=0.0)
+    assert out.masks is None and len(out.labels) >= 1
+    assert (out.boxes[:, 2:] > out.boxes[:, :2]).all()
+    assert (out.boxes >= 0).all() and (out.boxes <= 64).all()
+    with pytest.raises(ValueError, match="4 samples"):
+        mosaic(samples[:3], np.random.default_rng(0))
+    mixed = samples[:3] + [_square_sample(64, 64, 3, 24, 24, 16)]
+    with pytest.raises(ValueError, match="all four samples with masks"):
+        mosaic(mixed, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="min_scale"):
+        mosaic(samples, np.random.default_rng(0), min_scale=0.2)

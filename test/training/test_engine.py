@@ -287,3 +287,56 @@ def test_tensorboard_scalars_match_the_csv_log(tiny_dataset, tmp_path):
     for event, row in zip(events, rows):
         assert event.value == pytest.approx(float(row["loss"]), rel=1e-6)
     assert [e.step for e in acc.Scalars("train/lr")] == [1, 2, 3]
+
+
+def test_linear_and_cosine_decay_reach_zero_at_the_end_of_steps_or_budget():
+    base = {"train.warmup_steps": 10, "train.max_steps": 110, "train.lr_drop_steps": [50]}
+    lin = load_config("shapes_tiny", {**base, "train.lr_decay": "linear"}).train
+    assert lr_factor(4, lin) == pytest.approx(0.5)  # warm-up unchanged
+    assert [lr_factor(s, lin) for s in (10, 60, 110, 500)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    cos = load_config("shapes_tiny", {**base, "train.lr_decay": "cosine"}).train
+    assert [lr_factor(s, cos) for s in (10, 35, 60, 110)] == pytest.approx(
+        [1.0, 0.5 * (1 + np.cos(np.pi / 4)), 0.5, 0.0]
+    )
+    timed = load_config(
+        "shapes_tiny",
+        {**base, "train.lr_decay": "linear", "train.time_schedule": True, "train.max_minutes": 1.0},
+    ).train
+    # the budget's fraction, whatever the step; lr_drop_steps only serve the step decay
+    assert [lr_factor(1000, timed, e) for e in (0.0, 15.0, 60.0)] == pytest.approx([1.0, 0.75, 0.0])
+    with pytest.raises(ConfigError, match="lr_decay"):
+        load_config("shapes_tiny", {"train.lr_decay": "exponential"})
+
+
+def test_mosaic_batches_are_deterministic_and_off_by_default(tiny_dataset, tmp_path):
+    plain = _trainer(tiny_dataset, tmp_path / "a")
+    mixed = _trainer(tiny_dataset, tmp_path / "b", **{"train.mosaic_prob": 1.0})
+    again = _trainer(tiny_dataset, tmp_path / "c", **{"train.mosaic_prob": 1.0})
+    zero = _trainer(tiny_dataset, tmp_path / "d", **{"train.mosaic_prob": 0.0})
+    for step in range(3):
+        a, b, c, d = (t.batch(step) for t in (plain, mixed, again, zero))
+        torch.testing.assert_close(b[0], c[0])  # a function of (seed, step)
+        torch.testing.assert_close(a[0], d[0])
+        assert a[0].shape == b[0].shape
+        assert not torch.equal(a[0], b[0])  # the mosaic changed the images
+        for tb in b[1]:  # each target's box is its mask's box, in the padded frame
+            hp, wp = tb.masks.shape[-2:]
+            for box, m in zip(tb.boxes, tb.masks):
+                ys, xs = torch.nonzero(m, as_tuple=True)
+                cx, cy, w, h = box.tolist()
+                assert (cx - w / 2) * wp == pytest.approx(float(xs.min()), abs=0.5)
+                assert (cy + h / 2) * hp == pytest.approx(float(ys.max()) + 1, abs=0.5)
+    mixed.fit(2)  # and trains
+    assert mixed.step == 2
+
+
+def test_training_device_is_checked(tiny_dataset, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the refusal is for machines without it")
+    cfg = load_config("shapes_tiny", OVERRIDES)
+    model = build_model(cfg, text_encoder=build_text_encoder("minilm", pretrained=False))
+    with pytest.raises(ValueError, match="no CUDA device.*--device cpu"):
+        Trainer(cfg, model, tiny_dataset, tmp_path, progress=False, device="cuda")
+    trainer = Trainer(cfg, model, tiny_dataset, tmp_path, progress=False, device="cpu")
+    images, targets, visual = trainer.to_device(*trainer.batch(0)[:2], None)
+    assert images.device.type == "cpu" and targets[0].labels.device.type == "cpu"
