@@ -103,6 +103,7 @@ def build_model(cfg: Config | ModelConfig | str, text_encoder: TextEncoder | Non
         d.ffn_dim,
         _classifier(m),
         d.dropout,
+        d.shape_grid,
     )
     selection = LanguageGuidedQuerySelection(m.hidden_dim, d.num_queries, _classifier(m))
     return Mobius(

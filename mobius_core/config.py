@@ -92,6 +92,9 @@ class DecoderConfig:
     num_points: int = _bounded(4, 1, 64)
     scales: str = _choice("single", "multi", default="single")
     dropout: float = _bounded(0.0, 0.0, 1.0)
+    # > 0: the last layer also classifies with the shape of each query's own mask, sampled
+    # on a shape_grid x shape_grid grid over its box (heads.ShapeHead); 0: off (the paper)
+    shape_grid: int = _bounded(0, 0, 64)
 
 
 @dataclass

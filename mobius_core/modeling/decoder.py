@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..types import LayerPrediction
-from .heads import MaskHead, TextClassifier, inverse_sigmoid
+from .heads import MaskHead, ShapeHead, TextClassifier, inverse_sigmoid
 from .layers.attention import MultiheadAttention
 from .layers.mlp import FFN, MLP
 from .layers.ms_deform_attn import MSDeformAttn
@@ -121,6 +121,7 @@ class TransformerDecoder(nn.Module):
         ffn_dim: int,
         classifier: TextClassifier,
         dropout: float = 0.0,
+        shape_grid: int = 0,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -132,6 +133,8 @@ class TransformerDecoder(nn.Module):
         self.classifier = classifier
         self.box_head = MLP(dim, dim, 4, 3)
         self.mask_head = MaskHead(dim)
+        # the last layer classifies with its masks' shapes too (shape_grid > 0)
+        self.shape_head = ShapeHead(dim, shape_grid) if shape_grid > 0 else None
         nn.init.zeros_(self.box_head.layers[-1].weight)
         nn.init.zeros_(self.box_head.layers[-1].bias)
 
@@ -178,7 +181,13 @@ class TransformerDecoder(nn.Module):
             tgt = layer(tgt, query_pos, ref, memory, shapes, valid, attn_mask, context)
             out = self.norm(tgt)
             new_ref = (self.box_head(out) + inverse_sigmoid(ref)).sigmoid()
-            logits = self.classifier(out, text, prompt_valid)
+            masks = None
+            if last and self.shape_head is not None:
+                masks = self.mask_head(out, mask_features)
+                shaped = out + self.shape_head(masks, new_ref)
+                logits = self.classifier(shaped, text, prompt_valid)
+            else:
+                logits = self.classifier(out, text, prompt_valid)
             if prune is not None and thresholds is not None:
                 confidence = logits.sigmoid().max(dim=-1).values  # [B,Q]
                 index, new_valid, count, dropped, dropped_valid = select_kept(
@@ -195,13 +204,16 @@ class TransformerDecoder(nn.Module):
                 tgt, out, new_ref, logits = (
                     gather_queries(t, index) for t in (tgt, out, new_ref, logits)
                 )
+                if masks is not None:
+                    masks = gather_queries(masks, index)
                 kept.append(count)
             else:
                 kept.append(valid.sum(dim=1))
             if with_aux and not last:
                 aux.append(LayerPrediction(logits, new_ref, self.mask_head(out, mask_features)))
             if last:
-                masks = self.mask_head(out, mask_features)
+                if masks is None:
+                    masks = self.mask_head(out, mask_features)
                 return DecoderResult(logits, new_ref, masks, valid, torch.stack(kept, dim=1), aux)
             ref = new_ref.detach()
         raise RuntimeError("the decoder has no layers")  # pragma: no cover

@@ -70,6 +70,35 @@ class MaskHead(nn.Module):
         return torch.einsum("bqc,bchw->bqhw", self.embed(queries), mask_features)
 
 
+class ShapeHead(nn.Module):
+    """Shape evidence for classification: each query's own mask (its probabilities, detached)
+    sampled on a G x G grid over its box (detached), -> MLP -> [C], added to the query before
+    the classifier. A mask outlines its object long before the query embedding tells a
+    hexagon from a circle; the last layer starts as a no-op (zero-initialised output)."""
+
+    def __init__(self, dim: int, grid: int = 12) -> None:
+        super().__init__()
+        if grid < 2:
+            raise ValueError(f"the shape head's grid needs >= 2 cells a side, got {grid}")
+        self.grid = grid
+        self.embed = MLP(grid * grid, dim, dim, 3)
+        nn.init.zeros_(self.embed.layers[-1].weight)
+        nn.init.zeros_(self.embed.layers[-1].bias)
+
+    def forward(self, masks: Tensor, boxes: Tensor) -> Tensor:
+        """masks: [B,Q,H/4,W/4] logits; boxes: [B,Q,4] normalised cxcywh in the same (padded
+        input) frame -> [B,Q,C]."""
+        from ..box_ops import box_cxcywh_to_xyxy
+        from .visual_prompter import prompt_grid
+
+        b, q, h, w = masks.shape
+        points = prompt_grid(box_cxcywh_to_xyxy(boxes.detach()), self.grid)  # [B,Q,G*G,2]
+        grid = points.reshape(b * q, 1, -1, 2) * 2.0 - 1.0  # grid_sample's [-1,1] frame
+        probs = masks.detach().sigmoid().reshape(b * q, 1, h, w)
+        sampled = F.grid_sample(probs, grid.to(probs.dtype), mode="bilinear", align_corners=False)
+        return self.embed(sampled.reshape(b, q, -1))
+
+
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))

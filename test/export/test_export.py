@@ -329,3 +329,27 @@ def test_segmenter_answers_each_click_with_one_labelled_instance(tiny, tiny_visu
         seg([image], [[(70, 10)]])
     with pytest.raises(ValueError, match="export --visual"):
         plain([image], [[(10, 10)]])
+
+
+def test_shape_head_exports_and_matches_eager(random_text_encoder, tmp_path):
+    cfg = load_config(
+        "shapes_tiny",
+        {"model.hidden_dim": 64, "model.decoder.num_queries": 12, "model.decoder.ffn_dim": 64,
+         "model.pixel_decoder.ffn_dim": 64, "model.input_size": SIZE,
+         "model.decoder.shape_grid": 6},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg, text_encoder=random_text_encoder).eval()
+    torch.nn.init.normal_(model.decoder.shape_head.embed.layers[-1].weight, std=0.5)
+    path = tmp_path / "shape.onnx"
+    export_image_graph(model, path, (SIZE, SIZE), {io_spec.META_CONFIG: "shape"})
+    ort_backend, torch_backend = OnnxRuntimeBackend(path), TorchBackend(model)
+    arrays = TorchTextSource(model.text_encoder).encode(["red circle", "blue square"])
+    for thresholds in (None, {"prune_low": 0.3, "prune_high": 0.6, "prune_beta": 8.0}):
+        for image in _images(2, seed=3):
+            batch = image.transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+            feed = make_feed(batch, arrays, thresholds, 3)
+            a, b = ort_backend.infer(feed), torch_backend.infer(feed)
+            np.testing.assert_allclose(a.prompt_scores, b.prompt_scores, atol=1e-4)
+            np.testing.assert_allclose(a.masks, b.masks, atol=2e-3)
+            assert np.array_equal(a.kept, b.kept)

@@ -264,3 +264,59 @@ def test_separable_mask_conv_costs_a_fraction_and_keeps_the_shape(random_text_en
         for m in ("full", "separable")
     }  # fmt: skip
     assert costs["separable"] < 0.4 * costs["full"]
+
+
+def test_shape_head_reads_the_mask_outline_and_starts_as_a_no_op():
+    from mobius_core.modeling.heads import ShapeHead
+
+    torch.manual_seed(0)
+    head = ShapeHead(32, grid=8)
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    disc = ((yy - 20) ** 2 + (xx - 20) ** 2 < 15**2).float()
+    square = ((yy - 20).abs() < 15) & ((xx - 20).abs() < 15)
+    masks = (torch.stack([disc, square.float()]) * 20 - 10)[None].requires_grad_()  # [1,2,40,40]
+    boxes = torch.tensor([[[0.5, 0.5, 0.75, 0.75]] * 2])  # both shapes fill the same box
+    assert torch.equal(head(masks, boxes), torch.zeros(1, 2, 32))  # zero-initialised output
+    torch.nn.init.normal_(head.embed.layers[-1].weight)
+    out = head(masks, boxes)
+    assert not torch.allclose(out[0, 0], out[0, 1], atol=1e-3)  # circle != square
+    out.sum().backward()
+    assert masks.grad is None  # classification does not pull on the masks
+    # the same shape twice as large in a box twice as large reads the same
+    big = torch.nn.functional.interpolate(disc[None, None], size=(80, 80), mode="nearest")[0, 0]
+    canvas = torch.zeros(80, 80)
+    canvas[:80, :80] = big
+    twice = head((canvas * 20 - 10)[None, None], torch.tensor([[[0.5, 0.5, 0.75, 0.75]]]))
+    torch.testing.assert_close(twice[0, 0], out[0, 0].detach(), atol=0.05, rtol=0.05)
+    with pytest.raises(ValueError, match="grid"):
+        ShapeHead(32, grid=1)
+
+
+def test_shape_head_decoder_with_pruning_keeps_masks_and_logits_together(random_text_encoder):
+    from mobius_core.modeling.pruning import PruneSchedule
+
+    cfg = load_config(
+        "shapes_tiny",
+        {"model.hidden_dim": 64, "model.decoder.num_queries": 12, "model.decoder.ffn_dim": 64,
+         "model.pixel_decoder.ffn_dim": 64, "model.decoder.shape_grid": 6},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg, text_encoder=random_text_encoder).eval()
+    torch.nn.init.normal_(model.decoder.shape_head.embed.layers[-1].weight, std=0.5)
+    text = model.encode_text(PROMPTS)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        full = model(images, text)
+        pruned = model(images, text, prune=PruneSchedule.fixed([12, 12, 5]))
+    _check_output(full, 2, len(PROMPTS), 64, 12)
+    assert pruned.logits.shape[1] == 5
+    # each kept query keeps its own logits and mask (gathered together)
+    for b in range(2):
+        for q in range(5):
+            match = (full.masks[b] - pruned.masks[b, q]).abs().flatten(1).amax(1).argmin()
+            torch.testing.assert_close(full.masks[b, match], pruned.masks[b, q], atol=1e-4, rtol=0)
+            torch.testing.assert_close(full.logits[b, match], pruned.logits[b, q], atol=1e-4,
+                                       rtol=0)  # fmt: skip
+    assert model.decoder.shape_head is not None
+    plain = build_model(load_config("shapes_tiny"), text_encoder=random_text_encoder)
+    assert plain.decoder.shape_head is None  # off by default: the paper's decoder

@@ -335,8 +335,8 @@ def test_training_device_is_checked(tiny_dataset, tmp_path):
         pytest.skip("this machine has CUDA; the refusal is for machines without it")
     cfg = load_config("shapes_tiny", OVERRIDES)
     model = build_model(cfg, text_encoder=build_text_encoder("minilm", pretrained=False))
-    with pytest.raises(ValueError, match="no CUDA device.*--device cpu"):
+    with pytest.raises(ValueError, match=r"no CUDA device.*--device cpu"):
         Trainer(cfg, model, tiny_dataset, tmp_path, progress=False, device="cuda")
     trainer = Trainer(cfg, model, tiny_dataset, tmp_path, progress=False, device="cpu")
-    images, targets, visual = trainer.to_device(*trainer.batch(0)[:2], None)
+    images, targets, _ = trainer.to_device(*trainer.batch(0)[:2], None)
     assert images.device.type == "cpu" and targets[0].labels.device.type == "cpu"
