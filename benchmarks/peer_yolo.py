@@ -364,8 +364,10 @@ def yolo_onnx(weights: Path, imgsz: int) -> Path:
     return out
 
 
-def latency(yolo_weights: Path, sizes: list[int], frames: int, images: list[np.ndarray]):
-    """Median and p95 onnxruntime inference ms of both graphs, frames interleaved."""
+def latency(yolo_weights: Path, sizes: list[int], frames: int, images: list[np.ndarray],
+            ours_run: Path | None = None):  # fmt: skip
+    """Median and p95 onnxruntime inference ms of both graphs, frames interleaved; ours is
+    the shipped shapes_tiny, or the side-by-side run's model where ``ours_run`` is given."""
     import onnxruntime as ort
 
     from mobius_core.cli import _load_model
@@ -377,12 +379,16 @@ def latency(yolo_weights: Path, sizes: list[int], frames: int, images: list[np.n
     from mobius_core.imageops import resize_image
     from mobius_core.postprocess import PostProcessor
 
-    cfg = load_config("shapes_tiny")
-    model = _load_model(cfg, None, [])
+    if ours_run is None:
+        cfg, tag = load_config("shapes_tiny"), "shapes_tiny"
+        model = _load_model(cfg, None, [])
+    else:
+        cfg, tag = run_config(ours_run / "last.pt"), f"sbs-{ours_run.parent.name}"
+        model = _load_model(cfg, str(ours_run / "last.pt"), [])
     text = TorchTextSource(model.text_encoder)
     rows = []
     for size in sizes:
-        ours_path = yolo_weights.parent / f"shapes_tiny-{size}.onnx"
+        ours_path = yolo_weights.parent / f"{tag}-{size}.onnx"
         if not ours_path.is_file():
             export_config_model(cfg, model, ours_path, size)
         # the shipped default pruning
@@ -465,7 +471,8 @@ def report(
         curve = yolo_curve(run, val, imgsz)
         if curve:
             series.append((Path(name).stem, *zip(*curve)))
-        lat += [(Path(name).stem, *r) for r in latency(weights, [320, 384], frames, images)]
+        lat += [(Path(name).stem, *r)
+                for r in latency(weights, [320, 384], frames, images, ours_run)]  # fmt: skip
     print(f"synthetic val ({num_val} images, seed 0) at {imgsz}, the project's COCO evaluator; "
           "shapes_tiny's parameters and GFLOPs leave out its text encoder (prompt embeddings "
           "are computed once per prompt set)")  # fmt: skip
@@ -475,7 +482,9 @@ def report(
         print(f"| {name} | {mask_ap:.1f} | {box_ap:.1f} | {params:.2f} | {flops[320]:.2f} | "
               f"{flops[384]:.2f} |")  # fmt: skip
     if lat:
-        print("\nonnxruntime CPU, 1 thread, inference only (ms), frames interleaved")
+        who = "the side-by-side run's" if ours_run is not None else "the shipped"
+        print(f"\nonnxruntime CPU, 1 thread, inference only (ms), frames interleaved; "
+              f"shapes_tiny is {who} model with its default pruning")  # fmt: skip
         print("| peer | size | shapes_tiny p50 | p95 | peer p50 | p95 | shapes_tiny / peer |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         by = {(r[0], r[1], r[2]): r for r in lat}
