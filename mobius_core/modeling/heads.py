@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..box_ops import box_cxcywh_to_xyxy
 from .layers.mlp import MLP
+from .visual_prompter import prompt_grid
 
 INVALID_LOGIT = -1e4
 
@@ -88,9 +90,6 @@ class ShapeHead(nn.Module):
     def forward(self, masks: Tensor, boxes: Tensor) -> Tensor:
         """masks: [B,Q,H/4,W/4] logits; boxes: [B,Q,4] normalised cxcywh in the same (padded
         input) frame -> [B,Q,C]."""
-        from ..box_ops import box_cxcywh_to_xyxy
-        from .visual_prompter import prompt_grid
-
         b, q, h, w = masks.shape
         points = prompt_grid(box_cxcywh_to_xyxy(boxes.detach()), self.grid)  # [B,Q,G*G,2]
         grid = points.reshape(b * q, 1, -1, 2) * 2.0 - 1.0  # grid_sample's [-1,1] frame
