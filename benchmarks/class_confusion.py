@@ -24,17 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mobius_core.cli import _load_model  # noqa: E402
-from mobius_core.config import load_config  # noqa: E402
 from mobius_core.data.synthetic import cached_split  # noqa: E402
 from mobius_core.data.transforms import ResizeFlip, collate  # noqa: E402
-from mobius_core.training.checkpoint import load_checkpoint  # noqa: E402
+from mobius_core.training.checkpoint import load_checkpoint, recorded_config  # noqa: E402
 
 
 def load(checkpoint: str):
-    state = load_checkpoint(checkpoint)
-    model_cfg = state.get("config", {}).get("model")  # releases keep no config: the zoo's
-    cfg = load_config("shapes_tiny", {"model": model_cfg} if model_cfg else None)
-    return _load_model(cfg, checkpoint, [])
+    return _load_model(recorded_config(load_checkpoint(checkpoint), "shapes_tiny"), checkpoint, [])
 
 
 @torch.no_grad()

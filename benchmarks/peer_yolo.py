@@ -231,10 +231,9 @@ def side_by_side(work: Path, minutes: float, model_yaml: str, ours_set: list[str
 def run_config(checkpoint: Path):
     """The shapes_tiny config a run trained (its model section, as the checkpoint recorded
     it, e.g. with --set model.pixel_decoder.mask_conv=separable)."""
-    from mobius_core.config import load_config
-    from mobius_core.training.checkpoint import load_checkpoint
+    from mobius_core.training.checkpoint import load_checkpoint, recorded_config
 
-    return load_config("shapes_tiny", {"model": load_checkpoint(checkpoint)["config"]["model"]})
+    return recorded_config(load_checkpoint(checkpoint), "shapes_tiny")
 
 
 def ours_curve(run: Path, ds, imgsz: int) -> list[tuple[float, float]]:

@@ -126,22 +126,20 @@ def _probe_one(arm: str, core: int, steps: int, tmp: Path) -> float:
 def probe(steps: int, arms: list[str]) -> None:
     import tempfile
 
-    classes = sorted({_cost_class(a) for a in arms} | {"base"})
+    others = sorted({_cost_class(a) for a in arms} - {"base"})
+    ratios: dict[str, float] = {"base": 1.0}
     with tempfile.TemporaryDirectory() as tmp:
         # pairs, one per core, base in every pair so each ratio is measured side by side
-        others = [c for c in classes if c != "base"]
-        ratios: dict[str, list[float]] = {"base": [1.0]}
         for arm in others:
             with ProcessPoolExecutor(2) as pool:
                 fb = pool.submit(_probe_one, "base", 0, steps, Path(tmp) / f"{arm}-base")
                 fa = pool.submit(_probe_one, arm, 1, steps, Path(tmp) / arm)
                 rb, ra = fb.result(), fa.result()
-            ratios[arm] = [ra / rb]
+            ratios[arm] = round(ra / rb, 4)
             print(f"{arm:16s} {ra:.3f} steps/s, base beside it {rb:.3f}: ratio {ra / rb:.3f}")
-    data = {a: round(v[0], 4) for a, v in ratios.items()}
     from mobius_core.atomic import atomic_write_bytes
 
-    atomic_write_bytes(RATES, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(RATES, (json.dumps(ratios, indent=1, sort_keys=True) + "\n").encode())
     print(f"wrote {RATES}")
 
 
@@ -165,14 +163,12 @@ def _evaluate(ckpt: str) -> dict[str, float]:
 
     torch.set_num_threads(1)
     from mobius_core.cli import _load_model
-    from mobius_core.config import load_config
     from mobius_core.data.synthetic import cached_split
     from mobius_core.evaluation.evaluator import evaluate_dataset
-    from mobius_core.training.checkpoint import load_checkpoint
+    from mobius_core.training.checkpoint import load_checkpoint, recorded_config
 
     state = load_checkpoint(ckpt)
-    cfg = load_config("shapes_tiny", {"model": state["config"]["model"]})
-    model = _load_model(cfg, ckpt, [])
+    model = _load_model(recorded_config(state, "shapes_tiny"), ckpt, [])
     val = cached_split("val", 100, 0)
     m = evaluate_dataset(model, val, short_side=320, referring=False).metrics
     return {"step": int(state["step"]), "mask_ap": m["mask_ap"], "box_ap": m["box_ap"]}

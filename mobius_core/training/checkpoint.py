@@ -102,6 +102,15 @@ def has_visual_prompter(state: dict[str, Any]) -> bool:
     return any(k.startswith(VISUAL_PREFIX) for k in state.get("model", {}))
 
 
+def recorded_config(state: dict[str, Any], config_name: str):
+    """The zoo config ``config_name`` with the model section ``state`` recorded when it was
+    trained (e.g. under ``--set model....``); a checkpoint without one gets the zoo's."""
+    from ..config import load_config
+
+    model = (state.get("config") or {}).get("model")
+    return load_config(config_name, {"model": model} if model else None)
+
+
 def shipped_checkpoint(config_name: str) -> Path | None:
     """The checkpoint shipped in the package for a zoo config, if there is one."""
     path = WEIGHTS_DIR / f"{config_name}.pt"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -340,3 +341,14 @@ def test_training_device_is_checked(tiny_dataset, tmp_path):
     trainer = Trainer(cfg, model, tiny_dataset, tmp_path, progress=False, device="cpu")
     images, targets, _ = trainer.to_device(*trainer.batch(0)[:2], None)
     assert images.device.type == "cpu" and targets[0].labels.device.type == "cpu"
+
+
+def test_recorded_config_is_the_model_a_checkpoint_trained():
+    from mobius_core.training.checkpoint import recorded_config
+
+    trained = load_config("shapes_tiny", {"model.decoder.shape_grid": 6})
+    state = {"config": {"model": asdict(trained.model)}}
+    assert recorded_config(state, "shapes_tiny").model.decoder.shape_grid == 6
+    # a release or an old checkpoint without a recorded config: the zoo's
+    assert recorded_config({}, "shapes_tiny").model == load_config("shapes_tiny").model
+    assert recorded_config({"config": {}}, "shapes_tiny").model.decoder.shape_grid == 0
