@@ -95,6 +95,9 @@ class DecoderConfig:
     # > 0: the last layer also classifies with the shape of each query's own mask, sampled
     # on a shape_grid x shape_grid grid over its box (heads.ShapeHead); 0: off (the paper)
     shape_grid: int = _bounded(0, 0, 64)
+    # how the shape head samples the mask: a ``grid`` over the box, or ``polar`` rings whose
+    # Fourier magnitudes over the angle do not change when the object rotates
+    shape_kind: str = _choice("grid", "polar", default="grid")
 
 
 @dataclass
@@ -195,6 +198,8 @@ class TrainConfig:
     # Parameter-name prefixes to train (e.g. ["visual_prompter."]); empty: all of them.
     # The other parts stay frozen and in eval mode (BatchNorm statistics included).
     trainable: list[str] = field(default_factory=list)
+    # Parameter-name prefixes kept at their initial values (e.g. ["text_proj."]); empty: none
+    frozen: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -110,15 +110,21 @@ class Trainer:
         if t.freeze_text_encoder:
             for p in model.text_encoder.parameters():
                 p.requires_grad_(False)
-        if t.trainable:
+        # train.trainable: train only what matches; train.frozen: train all but what matches
+        for option, prefixes, trains in (
+            ("trainable", t.trainable, True),
+            ("frozen", t.frozen, False),
+        ):
+            if not prefixes:
+                continue
             names = [n for n, _ in model.named_parameters()]
-            if not any(n.startswith(tuple(t.trainable)) for n in names):
+            if not any(n.startswith(tuple(prefixes)) for n in names):
                 raise ValueError(
-                    f"train.trainable={t.trainable} matches no parameter of the model; use "
-                    "prefixes of its parameter names such as 'visual_prompter.' or 'decoder.'"
+                    f"train.{option}={prefixes} matches no parameter of the model; use prefixes "
+                    "of its parameter names such as 'visual_prompter.', 'decoder.' or 'text_proj.'"
                 )
             for n, p in model.named_parameters():
-                if not n.startswith(tuple(t.trainable)):
+                if n.startswith(tuple(prefixes)) != trains:
                     p.requires_grad_(False)
         if t.visual_prob > 0:
             if model.visual_prompter is None:
@@ -208,16 +214,20 @@ class Trainer:
         )
 
     def _set_modes(self) -> None:
-        """Train mode for what trains; frozen parts (train.trainable) stay in eval mode, so
-        their BatchNorm statistics and dropout do not change either."""
-        trainable = tuple(self.cfg.train.trainable)
+        """Train mode for what trains; frozen parts (outside train.trainable, inside
+        train.frozen) stay in eval mode, so their BatchNorm statistics and dropout do not
+        change either."""
+        trainable, frozen = tuple(self.cfg.train.trainable), tuple(self.cfg.train.frozen)
         if not trainable:
             self.model.train()
-            return
-        self.model.eval()
+        else:
+            self.model.eval()
+            for name, module in self.model.named_modules():
+                if name and (name + ".").startswith(trainable):
+                    module.train()
         for name, module in self.model.named_modules():
-            if name and (name + ".").startswith(trainable):
-                module.train()
+            if frozen and name and (name + ".").startswith(frozen):
+                module.eval()
 
     # -- one step -------------------------------------------------------------------------
     def train_step(self) -> dict[str, float] | None:

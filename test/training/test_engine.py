@@ -352,3 +352,18 @@ def test_recorded_config_is_the_model_a_checkpoint_trained():
     # a release or an old checkpoint without a recorded config: the zoo's
     assert recorded_config({}, "shapes_tiny").model == load_config("shapes_tiny").model
     assert recorded_config({"config": {}}, "shapes_tiny").model.decoder.shape_grid == 0
+
+
+def test_frozen_prefixes_keep_their_initial_values(tiny_dataset, tmp_path):
+    frozen = {"train.frozen": ["text_proj.", "backbone."]}
+    trainer = _trainer(tiny_dataset, tmp_path / "f", **frozen)
+    before = {n: p.detach().clone() for n, p in trainer.model.state_dict().items()}
+    trainer.fit(2)
+    after = trainer.model.state_dict()
+    for name in before:  # weights and BatchNorm statistics alike
+        if name.startswith(("text_proj.", "backbone.")):
+            assert torch.equal(after[name], before[name]), name
+    moved = [n for n in before if n.startswith("decoder.") and not torch.equal(after[n], before[n])]
+    assert moved  # everything else still trains
+    with pytest.raises(ValueError, match=r"train.frozen=.*matches no parameter"):
+        _trainer(tiny_dataset, tmp_path / "g", **{"train.frozen": ["txt_proj."]})
