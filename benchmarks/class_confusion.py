@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mobius_core.cli import _load_model  # noqa: E402
-from mobius_core.data.synthetic import cached_split  # noqa: E402
+from mobius_core.data.synthetic import SHAPES, cached_split  # noqa: E402
 from mobius_core.data.transforms import ResizeFlip, collate  # noqa: E402
 from mobius_core.training.checkpoint import load_checkpoint, recorded_config  # noqa: E402
 
@@ -34,7 +34,7 @@ def load(checkpoint: str):
 
 
 @torch.no_grad()
-def confusion(model, ds) -> dict[str, int]:
+def confusion(model, ds, pairs: list | None = None) -> dict[str, int]:
     text = model.encode_text(ds.prompts)
     names = [p.split() for p in ds.prompts]
     transform = ResizeFlip((320,), 320, 0.0)
@@ -56,6 +56,8 @@ def confusion(model, ds) -> dict[str, int]:
             key = "right" if (pc, ps) == (tc, ts) else "both" if pc != tc and ps != ts else (
                 "colour" if pc != tc else "shape")  # fmt: skip
             counts[key] += 1
+            if pairs is not None:
+                pairs.append((ts, ps))
     return counts
 
 
@@ -80,18 +82,34 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--images", type=int, default=100, help="synthetic val images (seed 0)")
+    ap.add_argument(
+        "--shapes",
+        action="store_true",
+        help="also print each checkpoint's true-shape x predicted-shape counts",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     ds = cached_split("val", args.images, 0)
     print("| checkpoint | matched | right | wrong shape | wrong colour | both | cos same colour "
           "| cos same shape | logit scale |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    matrices: list[tuple[str, list[tuple[str, str]]]] = []
     for ckpt in args.checkpoints:
         model = load(ckpt).eval()
-        c = confusion(model, ds)
+        pairs: list[tuple[str, str]] = []
+        c = confusion(model, ds, pairs)
         colour, shape, scale = spread(model, list(ds.prompts))
         print(f"| {ckpt} | {c['matched']} | {c['right']} | {c['shape']} | {c['colour']} | "
               f"{c['both']} | {colour:.3f} | {shape:.3f} | {scale:.1f} |")  # fmt: skip
+        if args.shapes:
+            matrices.append((ckpt, pairs))
+    for ckpt, pairs in matrices:
+        print(f"\n{ckpt}: true shape (rows) x predicted shape (columns), matched instances\n")
+        print("| | " + " | ".join(SHAPES) + " |")
+        print("|---|" + "---:|" * len(SHAPES))
+        for t in SHAPES:
+            row = [sum(1 for a, b in pairs if a == t and b == p) for p in SHAPES]
+            print(f"| {t} | " + " | ".join(map(str, row)) + " |")
     return 0
 
 

@@ -104,6 +104,7 @@ def build_model(cfg: Config | ModelConfig | str, text_encoder: TextEncoder | Non
         _classifier(m),
         d.dropout,
         d.shape_grid,
+        d.shape_kind,
     )
     selection = LanguageGuidedQuerySelection(m.hidden_dim, d.num_queries, _classifier(m))
     return Mobius(

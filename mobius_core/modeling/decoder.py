@@ -122,6 +122,7 @@ class TransformerDecoder(nn.Module):
         classifier: TextClassifier,
         dropout: float = 0.0,
         shape_grid: int = 0,
+        shape_kind: str = "grid",
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -134,7 +135,7 @@ class TransformerDecoder(nn.Module):
         self.box_head = MLP(dim, dim, 4, 3)
         self.mask_head = MaskHead(dim)
         # the last layer classifies with its masks' shapes too (shape_grid > 0)
-        self.shape_head = ShapeHead(dim, shape_grid) if shape_grid > 0 else None
+        self.shape_head = ShapeHead(dim, shape_grid, shape_kind) if shape_grid > 0 else None
         nn.init.zeros_(self.box_head.layers[-1].weight)
         nn.init.zeros_(self.box_head.layers[-1].bias)
 

@@ -74,16 +74,38 @@ class MaskHead(nn.Module):
 
 class ShapeHead(nn.Module):
     """Shape evidence for classification: each query's own mask (its probabilities, detached)
-    sampled on a G x G grid over its box (detached), -> MLP -> [C], added to the query before
-    the classifier. A mask outlines its object long before the query embedding tells a
-    hexagon from a circle; the last layer starts as a no-op (zero-initialised output)."""
+    sampled over its box (detached), -> MLP -> [C], added to the query before the
+    classifier. A mask outlines its object long before the query embedding tells a hexagon
+    from a circle; the head starts as a no-op (zero-initialised output).
 
-    def __init__(self, dim: int, grid: int = 12) -> None:
+    ``grid``: the mask on a G x G grid over the box. ``polar`` adds a rotation-invariant
+    description of the outline: from the mask's centroid (over that grid), 2G rays out to
+    twice the box's larger half-side (in pixels of the mask map, so circles stay circles),
+    each sampled at 2G points; the mask's extent along each ray, divided by its mean over the
+    rays (so the size drops out), and the magnitudes of its discrete Fourier transform over
+    the angle, harmonics 1..G (a square shows harmonic 4, a hexagon 6, a circle none):
+    what a rotated object does not have to be learned for.
+    """
+
+    def __init__(self, dim: int, grid: int = 12, kind: str = "grid") -> None:
         super().__init__()
         if grid < 2:
             raise ValueError(f"the shape head's grid needs >= 2 cells a side, got {grid}")
-        self.grid = grid
-        self.embed = MLP(grid * grid, dim, dim, 3)
+        if kind not in ("grid", "polar"):
+            raise ValueError(f"shape head kind {kind!r} is unknown; choose 'grid' or 'polar'")
+        self.grid, self.kind = grid, kind
+        features = grid * grid
+        if kind == "polar":
+            rays = 2 * grid
+            angle = torch.arange(rays, dtype=torch.float32) * (2 * math.pi / rays)
+            phase = angle[:, None] * torch.arange(1, grid + 1, dtype=torch.float32)[None]
+            self.register_buffer("cos", torch.cos(phase) / rays, persistent=False)  # [A,G]
+            self.register_buffer("sin", torch.sin(phase) / rays, persistent=False)
+            directions = torch.stack([angle.cos(), angle.sin()], -1)  # [A,2]
+            radii = (torch.arange(rays, dtype=torch.float32) + 0.5) / rays * 2.0  # [R = 2G]
+            self.register_buffer("offsets", radii[:, None, None] * directions, persistent=False)
+            features += grid
+        self.embed = MLP(features, dim, dim, 3)
         nn.init.zeros_(self.embed.layers[-1].weight)
         nn.init.zeros_(self.embed.layers[-1].bias)
 
@@ -91,11 +113,32 @@ class ShapeHead(nn.Module):
         """masks: [B,Q,H/4,W/4] logits; boxes: [B,Q,4] normalised cxcywh in the same (padded
         input) frame -> [B,Q,C]."""
         b, q, h, w = masks.shape
-        points = prompt_grid(box_cxcywh_to_xyxy(boxes.detach()), self.grid)  # [B,Q,G*G,2]
-        grid = points.reshape(b * q, 1, -1, 2) * 2.0 - 1.0  # grid_sample's [-1,1] frame
+        boxes = boxes.detach()
         probs = masks.detach().sigmoid().reshape(b * q, 1, h, w)
-        sampled = F.grid_sample(probs, grid.to(probs.dtype), mode="bilinear", align_corners=False)
-        return self.embed(sampled.reshape(b, q, -1))
+        points = prompt_grid(box_cxcywh_to_xyxy(boxes), self.grid)  # [B,Q,G*G,2]
+        on_grid = _sample(probs, points).reshape(b, q, -1)  # [B,Q,G*G]
+        if self.kind == "grid":
+            return self.embed(on_grid)
+        weight = on_grid[..., None]
+        eps = 1e-3  # an empty mask falls back to the box centre
+        centre = ((weight * points).sum(2) + eps * boxes[..., :2]) / (weight.sum(2) + eps)
+        half = torch.maximum(boxes[..., 2] * w, boxes[..., 3] * h) * 0.5  # [B,Q] pixels
+        pixel = torch.tensor([1.0 / w, 1.0 / h], dtype=boxes.dtype, device=boxes.device)
+        offsets = self.offsets.to(boxes.dtype) * pixel  # [R,A,2] per pixel of half-side
+        rays = centre[..., None, None, :] + half[..., None, None, None] * offsets  # [B,Q,R,A,2]
+        along = _sample(probs, rays.flatten(2, 3)).reshape(b, q, 2 * self.grid, -1)  # [B,Q,R,A]
+        extent = along.sum(2)  # [B,Q,A]
+        extent = extent / (extent.mean(-1, keepdim=True) + eps)
+        re, im = extent @ self.cos.to(extent.dtype), extent @ self.sin.to(extent.dtype)
+        # harmonics 1..G; x8 brings their typical 0.05-0.15 to the grid samples' range
+        spectrum = 8.0 * (re * re + im * im + 1e-8).sqrt()  # [B,Q,G]
+        return self.embed(torch.cat([on_grid, spectrum], dim=-1))
+
+
+def _sample(probs: Tensor, points: Tensor) -> Tensor:
+    """probs: [B*Q,1,H,W]; points: [B,Q,P,2] normalised (x, y) -> [B*Q,1,1,P] bilinear."""
+    grid = points.reshape(probs.shape[0], 1, -1, 2) * 2.0 - 1.0  # grid_sample's [-1,1] frame
+    return F.grid_sample(probs, grid.to(probs.dtype), mode="bilinear", align_corners=False)
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:

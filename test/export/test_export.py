@@ -331,12 +331,13 @@ def test_segmenter_answers_each_click_with_one_labelled_instance(tiny, tiny_visu
         plain([image], [[(10, 10)]])
 
 
-def test_shape_head_exports_and_matches_eager(random_text_encoder, tmp_path):
+@pytest.mark.parametrize("kind", ["grid", "polar"])
+def test_shape_head_exports_and_matches_eager(kind, random_text_encoder, tmp_path):
     cfg = load_config(
         "shapes_tiny",
         {"model.hidden_dim": 64, "model.decoder.num_queries": 12, "model.decoder.ffn_dim": 64,
          "model.pixel_decoder.ffn_dim": 64, "model.input_size": SIZE,
-         "model.decoder.shape_grid": 6},
+         "model.decoder.shape_grid": 6, "model.decoder.shape_kind": kind},
     )  # fmt: skip
     torch.manual_seed(0)
     model = build_model(cfg, text_encoder=random_text_encoder).eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -290,6 +291,61 @@ def test_shape_head_reads_the_mask_outline_and_starts_as_a_no_op():
     torch.testing.assert_close(twice[0, 0], out[0, 0].detach(), atol=0.05, rtol=0.05)
     with pytest.raises(ValueError, match="grid"):
         ShapeHead(32, grid=1)
+
+
+def _polygon(sides: int, turn: float, radius: float = 20.0, size: int = 80):
+    yy, xx = torch.meshgrid(torch.arange(size * 1.0), torch.arange(size * 1.0), indexing="ij")
+    c = size / 2
+    angle = torch.remainder(torch.atan2(yy - c, xx - c) - turn, 2 * math.pi / sides)
+    edge = radius * math.cos(math.pi / sides) / torch.cos(angle - math.pi / sides)
+    return (torch.sqrt((yy - c) ** 2 + (xx - c) ** 2) < edge).float()
+
+
+def _tight_box(mask):
+    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
+    x0, x1, y0, y1 = xs.min().item(), xs.max().item() + 1, ys.min().item(), ys.max().item() + 1
+    n = mask.shape[-1]
+    return [(x0 + x1) / 2 / n, (y0 + y1) / 2 / n, (x1 - x0) / n, (y1 - y0) / n]
+
+
+def test_polar_shape_head_is_rotation_invariant_and_tells_outlines_apart():
+    from mobius_core.modeling.heads import ShapeHead
+
+    torch.manual_seed(0)
+    head = ShapeHead(32, grid=12, kind="polar")
+    assert head.embed.layers[0].in_features == 12 * 12 + 12  # the grid + 12 harmonics
+    torch.nn.init.normal_(head.embed.layers[-1].weight)
+    # a probe whose first layer copies harmonics 1..12 out (the grid's share zeroed)
+    probe = ShapeHead(32, grid=12, kind="polar")
+    with torch.no_grad():
+        first = probe.embed.layers[0]
+        first.weight.zero_()
+        first.weight[:12, 144:] = torch.eye(12)
+        first.bias.zero_()
+    for sides in (3, 4, 5, 6):
+        spectra = [_harmonics(probe, _polygon(sides, turn)) for turn in (0.0, 0.1, 0.3, 0.5, 0.7)]
+        for spectrum in spectra:
+            assert int(spectrum.argmax()) + 1 == sides  # the polygon's own harmonic leads
+            # rotating the object barely changes the description
+            assert (spectrum - spectra[0]).abs().max() < 0.5 * spectra[0].max()
+    with pytest.raises(ValueError, match="grid' or 'polar"):
+        ShapeHead(32, grid=4, kind="ring")
+    # detached inputs, and the whole head runs on a batch
+    masks = (torch.stack([_polygon(4, 0.2), _polygon(6, 0.0)]) * 20 - 10)[None].requires_grad_()
+    boxes = torch.tensor([[_tight_box(_polygon(4, 0.2)), _tight_box(_polygon(6, 0.0))]])
+    out = head(masks, boxes)
+    assert out.shape == (1, 2, 32) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert masks.grad is None
+
+
+def _harmonics(probe, mask):
+    """The first layer of ``probe`` copies harmonics 1..12 out; read them before the ReLU."""
+    captured = {}
+    hook = probe.embed.layers[0].register_forward_hook(lambda m, i, o: captured.update(o=o))
+    probe((mask * 20 - 10)[None, None], torch.tensor([[_tight_box(mask)]]))
+    hook.remove()
+    return captured["o"][0, 0, :12].detach()
 
 
 def test_shape_head_decoder_with_pruning_keeps_masks_and_logits_together(random_text_encoder):
