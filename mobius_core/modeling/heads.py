@@ -112,13 +112,17 @@ class ShapeHead(nn.Module):
     def forward(self, masks: Tensor, boxes: Tensor) -> Tensor:
         """masks: [B,Q,H/4,W/4] logits; boxes: [B,Q,4] normalised cxcywh in the same (padded
         input) frame -> [B,Q,C]."""
+        return self.embed(self.features(masks, boxes))
+
+    def features(self, masks: Tensor, boxes: Tensor) -> Tensor:
+        """What the MLP reads: [B,Q,G*G] grid samples (then, for ``polar``, harmonics 1..G)."""
         b, q, h, w = masks.shape
         boxes = boxes.detach()
         probs = masks.detach().sigmoid().reshape(b * q, 1, h, w)
         points = prompt_grid(box_cxcywh_to_xyxy(boxes), self.grid)  # [B,Q,G*G,2]
         on_grid = _sample(probs, points).reshape(b, q, -1)  # [B,Q,G*G]
         if self.kind == "grid":
-            return self.embed(on_grid)
+            return on_grid
         weight = on_grid[..., None]
         eps = 1e-3  # an empty mask falls back to the box centre
         centre = ((weight * points).sum(2) + eps * boxes[..., :2]) / (weight.sum(2) + eps)
@@ -132,7 +136,7 @@ class ShapeHead(nn.Module):
         re, im = extent @ self.cos.to(extent.dtype), extent @ self.sin.to(extent.dtype)
         # harmonics 1..G; x8 brings their typical 0.05-0.15 to the grid samples' range
         spectrum = 8.0 * (re * re + im * im + 1e-8).sqrt()  # [B,Q,G]
-        return self.embed(torch.cat([on_grid, spectrum], dim=-1))
+        return torch.cat([on_grid, spectrum], dim=-1)
 
 
 def _sample(probs: Tensor, points: Tensor) -> Tensor:
