@@ -96,8 +96,9 @@ class DecoderConfig:
     # on a shape_grid x shape_grid grid over its box (heads.ShapeHead); 0: off (the paper)
     shape_grid: int = _bounded(0, 0, 64)
     # how the shape head samples the mask: a ``grid`` over the box, or ``polar`` rings whose
-    # Fourier magnitudes over the angle do not change when the object rotates
-    shape_kind: str = _choice("grid", "polar", default="grid")
+    # Fourier magnitudes over the angle do not change when the object rotates, or
+    # ``spectrum``: those magnitudes alone, without the grid
+    shape_kind: str = _choice("grid", "polar", "spectrum", default="grid")
 
 
 @dataclass

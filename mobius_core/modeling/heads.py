@@ -84,18 +84,24 @@ class ShapeHead(nn.Module):
     each sampled at 2G points; the mask's extent along each ray, divided by its mean over the
     rays (so the size drops out), and the magnitudes of its discrete Fourier transform over
     the angle, harmonics 1..G (a square shows harmonic 4, a hexagon 6, a circle none):
-    what a rotated object does not have to be learned for.
+    what a rotated object does not have to be learned for. ``spectrum``: those harmonics
+    alone, without the grid (the grid's G*G samples, which change as the object turns,
+    outweigh the G harmonics in the MLP and are what it fits; a probe on one model's
+    predicted masks told the shapes apart from the harmonics alone 86% of the time, from
+    the grid alone 65%, from both 80%).
     """
 
     def __init__(self, dim: int, grid: int = 12, kind: str = "grid") -> None:
         super().__init__()
         if grid < 2:
             raise ValueError(f"the shape head's grid needs >= 2 cells a side, got {grid}")
-        if kind not in ("grid", "polar"):
-            raise ValueError(f"shape head kind {kind!r} is unknown; choose 'grid' or 'polar'")
+        if kind not in ("grid", "polar", "spectrum"):
+            raise ValueError(
+                f"shape head kind {kind!r} is unknown; choose 'grid', 'polar' or 'spectrum'"
+            )
         self.grid, self.kind = grid, kind
-        features = grid * grid
-        if kind == "polar":
+        features = grid * grid if kind != "spectrum" else 0
+        if kind != "grid":
             rays = 2 * grid
             angle = torch.arange(rays, dtype=torch.float32) * (2 * math.pi / rays)
             phase = angle[:, None] * torch.arange(1, grid + 1, dtype=torch.float32)[None]
@@ -115,7 +121,8 @@ class ShapeHead(nn.Module):
         return self.embed(self.features(masks, boxes))
 
     def features(self, masks: Tensor, boxes: Tensor) -> Tensor:
-        """What the MLP reads: [B,Q,G*G] grid samples (then, for ``polar``, harmonics 1..G)."""
+        """What the MLP reads: [B,Q,G*G] grid samples (``grid``), then harmonics 1..G
+        (``polar``); the harmonics alone, [B,Q,G] (``spectrum``)."""
         b, q, h, w = masks.shape
         boxes = boxes.detach()
         probs = masks.detach().sigmoid().reshape(b * q, 1, h, w)
@@ -136,6 +143,8 @@ class ShapeHead(nn.Module):
         re, im = extent @ self.cos.to(extent.dtype), extent @ self.sin.to(extent.dtype)
         # harmonics 1..G; x8 brings their typical 0.05-0.15 to the grid samples' range
         spectrum = 8.0 * (re * re + im * im + 1e-8).sqrt()  # [B,Q,G]
+        if self.kind == "spectrum":
+            return spectrum
         return torch.cat([on_grid, spectrum], dim=-1)
 
 

@@ -321,8 +321,17 @@ def test_polar_shape_head_is_rotation_invariant_and_tells_outlines_apart():
             assert int(spectrum.argmax()) + 1 == sides  # the polygon's own harmonic leads
             # rotating the object barely changes the description
             assert (spectrum - spectra[0]).abs().max() < 0.5 * spectra[0].max()
-    with pytest.raises(ValueError, match="grid' or 'polar"):
+    with pytest.raises(ValueError, match="'grid', 'polar' or 'spectrum'"):
         ShapeHead(32, grid=4, kind="ring")
+    # ``spectrum`` reads the same harmonics, without the grid
+    spectrum_head = ShapeHead(32, grid=12, kind="spectrum")
+    assert spectrum_head.embed.layers[0].in_features == 12
+    hexagon = _polygon(6, 0.3)
+    only = spectrum_head.features(
+        (hexagon * 20 - 10)[None, None], torch.tensor([[_tight_box(hexagon)]])
+    )
+    assert only.shape == (1, 1, 12)
+    assert torch.allclose(only[0, 0], _harmonics(head, hexagon))
     # detached inputs, and the whole head runs on a batch
     masks = (torch.stack([_polygon(4, 0.2), _polygon(6, 0.0)]) * 20 - 10)[None].requires_grad_()
     boxes = torch.tensor([[_tight_box(_polygon(4, 0.2)), _tight_box(_polygon(6, 0.0))]])
