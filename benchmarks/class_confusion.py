@@ -34,30 +34,37 @@ def load(checkpoint: str):
 
 
 @torch.no_grad()
-def confusion(model, ds, pairs: list | None = None) -> dict[str, int]:
+def matched_instances(model, ds, images: int | None = None):
+    """For each of the first ``images`` images of ``ds`` (all by default), unpruned at 320:
+    yields (model output, target, j, q) for every ground-truth instance j whose best-IoU
+    query q overlaps it with mask IoU >= 0.5."""
     text = model.encode_text(ds.prompts)
-    names = [p.split() for p in ds.prompts]
     transform = ResizeFlip((320,), 320, 0.0)
-    counts = {"matched": 0, "right": 0, "colour": 0, "shape": 0, "both": 0}
-    for i in range(len(ds)):
-        images, targets, _ = collate([transform(ds[i])])
-        out = model(model.normalize(images), text)
-        masks = F.interpolate(out.masks, size=images.shape[-2:], mode="bilinear")[0] > 0
+    for i in range(len(ds) if images is None else min(images, len(ds))):
+        batch, targets, _ = collate([transform(ds[i])])
+        out = model(model.normalize(batch), text)
+        masks = F.interpolate(out.masks, size=batch.shape[-2:], mode="bilinear")[0] > 0
         gt = targets[0].masks
         inter = (masks[:, None] & gt[None]).flatten(2).sum(-1).float()
         union = (masks[:, None] | gt[None]).flatten(2).sum(-1).float().clamp(min=1)
         iou = inter / union  # [Q,N]
         for j, q in enumerate(iou.argmax(0).tolist()):
-            if iou[q, j] < 0.5:
-                continue
-            pc, ps = names[int(out.logits[0, q].argmax())]
-            tc, ts = names[int(targets[0].labels[j])]
-            counts["matched"] += 1
-            key = "right" if (pc, ps) == (tc, ts) else "both" if pc != tc and ps != ts else (
-                "colour" if pc != tc else "shape")  # fmt: skip
-            counts[key] += 1
-            if pairs is not None:
-                pairs.append((ts, ps))
+            if iou[q, j] >= 0.5:
+                yield out, targets[0], j, q
+
+
+def confusion(model, ds, pairs: list | None = None) -> dict[str, int]:
+    names = [p.split() for p in ds.prompts]
+    counts = {"matched": 0, "right": 0, "colour": 0, "shape": 0, "both": 0}
+    for out, target, j, q in matched_instances(model, ds):
+        pc, ps = names[int(out.logits[0, q].argmax())]
+        tc, ts = names[int(target.labels[j])]
+        counts["matched"] += 1
+        key = "right" if (pc, ps) == (tc, ts) else "both" if pc != tc and ps != ts else (
+            "colour" if pc != tc else "shape")  # fmt: skip
+        counts[key] += 1
+        if pairs is not None:
+            pairs.append((ts, ps))
     return counts
 
 

@@ -26,10 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from class_confusion import load  # noqa: E402
+from class_confusion import load, matched_instances  # noqa: E402
 
 from mobius_core.data.synthetic import SHAPES, cached_split  # noqa: E402
-from mobius_core.data.transforms import ResizeFlip, collate  # noqa: E402
 from mobius_core.modeling.heads import ShapeHead  # noqa: E402
 
 
@@ -38,25 +37,15 @@ def collect(model, ds, images: int, grid: int) -> tuple[torch.Tensor, torch.Tens
     """(features [N, G*G + G], true shape [N], the model's predicted shape [N]) over the
     matched instances of the first ``images`` images of ``ds``."""
     polar = ShapeHead(8, grid, "polar")
-    text = model.encode_text(ds.prompts)
     shape_of = [SHAPES.index(p.split()[1]) for p in ds.prompts]
-    transform = ResizeFlip((320,), 320, 0.0)
     feats, truth, pred = [], [], []
-    for i in range(min(images, len(ds))):
-        batch, targets, _ = collate([transform(ds[i])])
-        out = model(model.normalize(batch), text)
-        masks = F.interpolate(out.masks, size=batch.shape[-2:], mode="bilinear")[0] > 0
-        gt = targets[0].masks
-        inter = (masks[:, None] & gt[None]).flatten(2).sum(-1).float()
-        union = (masks[:, None] | gt[None]).flatten(2).sum(-1).float().clamp(min=1)
-        iou = inter / union  # [Q,N]
-        described = polar.features(out.masks, out.boxes)[0]  # [Q, G*G + G]
-        for j, q in enumerate(iou.argmax(0).tolist()):
-            if iou[q, j] < 0.5:
-                continue
-            feats.append(described[q])
-            truth.append(shape_of[int(targets[0].labels[j])])
-            pred.append(shape_of[int(out.logits[0, q].argmax())])
+    described, last = None, None
+    for out, target, j, q in matched_instances(model, ds, images):
+        if out is not last:  # the features of every query, once per image
+            described, last = polar.features(out.masks, out.boxes)[0], out  # [Q, G*G + G]
+        feats.append(described[q])
+        truth.append(shape_of[int(target.labels[j])])
+        pred.append(shape_of[int(out.logits[0, q].argmax())])
     return torch.stack(feats), torch.tensor(truth), torch.tensor(pred)
 
 
