@@ -36,8 +36,8 @@ def load(checkpoint: str):
 @torch.no_grad()
 def matched_instances(model, ds, images: int | None = None):
     """For each of the first ``images`` images of ``ds`` (all by default), unpruned at 320:
-    yields (model output, target, j, q) for every ground-truth instance j whose best-IoU
-    query q overlaps it with mask IoU >= 0.5."""
+    yields (model output, target, [(j, q), ...]), one pair for every ground-truth instance j
+    whose best-IoU query q overlaps it with mask IoU >= 0.5."""
     text = model.encode_text(ds.prompts)
     transform = ResizeFlip((320,), 320, 0.0)
     for i in range(len(ds) if images is None else min(images, len(ds))):
@@ -48,23 +48,23 @@ def matched_instances(model, ds, images: int | None = None):
         inter = (masks[:, None] & gt[None]).flatten(2).sum(-1).float()
         union = (masks[:, None] | gt[None]).flatten(2).sum(-1).float().clamp(min=1)
         iou = inter / union  # [Q,N]
-        for j, q in enumerate(iou.argmax(0).tolist()):
-            if iou[q, j] >= 0.5:
-                yield out, targets[0], j, q
+        best = iou.argmax(0).tolist()
+        yield out, targets[0], [(j, q) for j, q in enumerate(best) if iou[q, j] >= 0.5]
 
 
 def confusion(model, ds, pairs: list | None = None) -> dict[str, int]:
     names = [p.split() for p in ds.prompts]
     counts = {"matched": 0, "right": 0, "colour": 0, "shape": 0, "both": 0}
-    for out, target, j, q in matched_instances(model, ds):
-        pc, ps = names[int(out.logits[0, q].argmax())]
-        tc, ts = names[int(target.labels[j])]
-        counts["matched"] += 1
-        key = "right" if (pc, ps) == (tc, ts) else "both" if pc != tc and ps != ts else (
-            "colour" if pc != tc else "shape")  # fmt: skip
-        counts[key] += 1
-        if pairs is not None:
-            pairs.append((ts, ps))
+    for out, target, matches in matched_instances(model, ds):
+        for j, q in matches:
+            pc, ps = names[int(out.logits[0, q].argmax())]
+            tc, ts = names[int(target.labels[j])]
+            counts["matched"] += 1
+            key = "right" if (pc, ps) == (tc, ts) else "both" if pc != tc and ps != ts else (
+                "colour" if pc != tc else "shape")  # fmt: skip
+            counts[key] += 1
+            if pairs is not None:
+                pairs.append((ts, ps))
     return counts
 
 

@@ -39,13 +39,12 @@ def collect(model, ds, images: int, grid: int) -> tuple[torch.Tensor, torch.Tens
     polar = ShapeHead(8, grid, "polar")
     shape_of = [SHAPES.index(p.split()[1]) for p in ds.prompts]
     feats, truth, pred = [], [], []
-    described, last = None, None
-    for out, target, j, q in matched_instances(model, ds, images):
-        if out is not last:  # the features of every query, once per image
-            described, last = polar.features(out.masks, out.boxes)[0], out  # [Q, G*G + G]
-        feats.append(described[q])
-        truth.append(shape_of[int(target.labels[j])])
-        pred.append(shape_of[int(out.logits[0, q].argmax())])
+    for out, target, matches in matched_instances(model, ds, images):
+        described = polar.features(out.masks, out.boxes)[0]  # [Q, G*G + G]
+        for j, q in matches:
+            feats.append(described[q])
+            truth.append(shape_of[int(target.labels[j])])
+            pred.append(shape_of[int(out.logits[0, q].argmax())])
     return torch.stack(feats), torch.tensor(truth), torch.tensor(pred)
 
 
