@@ -97,8 +97,9 @@ class DecoderConfig:
     shape_grid: int = _bounded(0, 0, 64)
     # how the shape head samples the mask: a ``grid`` over the box, or ``polar`` rings whose
     # Fourier magnitudes over the angle do not change when the object rotates, or
-    # ``spectrum``: those magnitudes alone, without the grid
-    shape_kind: str = _choice("grid", "polar", "spectrum", default="grid")
+    # ``spectrum``: those magnitudes alone, without the grid; ``outline``: the magnitudes
+    # from twice the rays, and the rays' extents sorted
+    shape_kind: str = _choice("grid", "polar", "spectrum", "outline", default="grid")
 
 
 @dataclass

@@ -89,27 +89,38 @@ class ShapeHead(nn.Module):
     outweigh the G harmonics in the MLP and are what it fits; a probe on one model's
     predicted masks told the shapes apart from the harmonics alone 87% of the time, from
     the grid alone 65%, from both 79%; benchmarks/shape_probe.py).
+    ``outline``: the harmonics 1..G from 4G rays (finer angles, the corners of small
+    stars and hexagons stop falling between rays) and the rays' extents sorted, G of them
+    from the shortest to the longest -- how far in the dents reach and how far out the
+    points stick, whichever way the object faces. A probe on the fifth side-by-side
+    model's masks told the shapes apart 90% of the time from these, 86% from ``spectrum``'s.
     """
 
     def __init__(self, dim: int, grid: int = 12, kind: str = "grid") -> None:
         super().__init__()
         if grid < 2:
             raise ValueError(f"the shape head's grid needs >= 2 cells a side, got {grid}")
-        if kind not in ("grid", "polar", "spectrum"):
+        if kind not in ("grid", "polar", "spectrum", "outline"):
             raise ValueError(
-                f"shape head kind {kind!r} is unknown; choose 'grid', 'polar' or 'spectrum'"
+                f"shape head kind {kind!r} is unknown; "
+                "choose 'grid', 'polar', 'spectrum' or 'outline'"
             )
         self.grid, self.kind = grid, kind
-        features = grid * grid if kind != "spectrum" else 0
+        features = grid * grid if kind in ("grid", "polar") else 0
         if kind != "grid":
-            rays = 2 * grid
+            rays = (4 if kind == "outline" else 2) * grid
             angle = torch.arange(rays, dtype=torch.float32) * (2 * math.pi / rays)
             phase = angle[:, None] * torch.arange(1, grid + 1, dtype=torch.float32)[None]
             self.register_buffer("cos", torch.cos(phase) / rays, persistent=False)  # [A,G]
             self.register_buffer("sin", torch.sin(phase) / rays, persistent=False)
             directions = torch.stack([angle.cos(), angle.sin()], -1)  # [A,2]
-            radii = (torch.arange(rays, dtype=torch.float32) + 0.5) / rays * 2.0  # [R = 2G]
+            steps = 2 * grid  # samples along each ray
+            radii = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps * 2.0  # [R = 2G]
             self.register_buffer("offsets", radii[:, None, None] * directions, persistent=False)
+            features += grid
+        if kind == "outline":  # G of the sorted extents, the shortest and the longest among them
+            ranks = torch.linspace(0, rays - 1, grid).round().long()
+            self.register_buffer("ranks", ranks, persistent=False)
             features += grid
         self.embed = MLP(features, dim, dim, 3)
         nn.init.zeros_(self.embed.layers[-1].weight)
@@ -122,7 +133,8 @@ class ShapeHead(nn.Module):
 
     def features(self, masks: Tensor, boxes: Tensor) -> Tensor:
         """What the MLP reads: [B,Q,G*G] grid samples (``grid``), then harmonics 1..G
-        (``polar``); the harmonics alone, [B,Q,G] (``spectrum``)."""
+        (``polar``); the harmonics alone, [B,Q,G] (``spectrum``); the harmonics and G
+        sorted extents, each minus 1, [B,Q,2G] (``outline``)."""
         b, q, h, w = masks.shape
         boxes = boxes.detach()
         probs = masks.detach().sigmoid().reshape(b * q, 1, h, w)
@@ -137,7 +149,7 @@ class ShapeHead(nn.Module):
         pixel = torch.tensor([1.0 / w, 1.0 / h], dtype=boxes.dtype, device=boxes.device)
         offsets = self.offsets.to(boxes.dtype) * pixel  # [R,A,2] per pixel of half-side
         rays = centre[..., None, None, :] + half[..., None, None, None] * offsets  # [B,Q,R,A,2]
-        along = _sample(probs, rays.flatten(2, 3)).reshape(b, q, 2 * self.grid, -1)  # [B,Q,R,A]
+        along = _sample(probs, rays.flatten(2, 3)).reshape(b, q, self.offsets.shape[0], -1)
         extent = along.sum(2)  # [B,Q,A]
         extent = extent / (extent.mean(-1, keepdim=True) + eps)
         re, im = extent @ self.cos.to(extent.dtype), extent @ self.sin.to(extent.dtype)
@@ -145,6 +157,9 @@ class ShapeHead(nn.Module):
         spectrum = 8.0 * (re * re + im * im + 1e-8).sqrt()  # [B,Q,G]
         if self.kind == "spectrum":
             return spectrum
+        if self.kind == "outline":
+            ordered = extent.topk(extent.shape[-1], dim=-1, largest=False).values  # [B,Q,A]
+            return torch.cat([spectrum, ordered[..., self.ranks] - 1.0], dim=-1)
         return torch.cat([on_grid, spectrum], dim=-1)
 
 

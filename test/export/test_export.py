@@ -331,7 +331,7 @@ def test_segmenter_answers_each_click_with_one_labelled_instance(tiny, tiny_visu
         plain([image], [[(10, 10)]])
 
 
-@pytest.mark.parametrize("kind", ["grid", "polar", "spectrum"])
+@pytest.mark.parametrize("kind", ["grid", "polar", "spectrum", "outline"])
 def test_shape_head_exports_and_matches_eager(kind, random_text_encoder, tmp_path):
     cfg = load_config(
         "shapes_tiny",

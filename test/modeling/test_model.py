@@ -321,7 +321,7 @@ def test_polar_shape_head_is_rotation_invariant_and_tells_outlines_apart():
             assert int(spectrum.argmax()) + 1 == sides  # the polygon's own harmonic leads
             # rotating the object barely changes the description
             assert (spectrum - spectra[0]).abs().max() < 0.5 * spectra[0].max()
-    with pytest.raises(ValueError, match="'grid', 'polar' or 'spectrum'"):
+    with pytest.raises(ValueError, match="'grid', 'polar', 'spectrum' or 'outline'"):
         ShapeHead(32, grid=4, kind="ring")
     # ``spectrum`` reads the same harmonics, without the grid
     spectrum_head = ShapeHead(32, grid=12, kind="spectrum")
@@ -339,6 +339,36 @@ def test_polar_shape_head_is_rotation_invariant_and_tells_outlines_apart():
     assert out.shape == (1, 2, 32) and torch.isfinite(out).all()
     out.sum().backward()
     assert masks.grad is None
+
+
+def test_outline_shape_head_reads_sorted_extents_that_do_not_turn_with_the_object():
+    from mobius_core.modeling.heads import ShapeHead
+
+    head = ShapeHead(32, grid=12, kind="outline")
+    assert head.embed.layers[0].in_features == 12 + 12  # harmonics + sorted extents
+    assert head.offsets.shape[:2] == (24, 48)  # 2G samples along each of 4G rays
+
+    def describe(mask):
+        boxes = torch.tensor([[_tight_box(mask)]])
+        return head.features((mask * 20 - 10)[None, None], boxes)[0, 0]
+
+    upright = {sides: describe(_polygon(sides, 0.0)) for sides in (3, 4, 6)}
+    for sides in (3, 4, 6):
+        for turn in (0.2, 0.45):
+            view = describe(_polygon(sides, turn))
+            assert int(view[:12].argmax()) + 1 == sides
+            ordered = view[12:]
+            assert (ordered[1:] >= ordered[:-1]).all()  # shortest to longest
+            assert ordered[0] < 0 < ordered[-1]  # extents about their mean (the -1)
+            # turned, it still reads nearest to its own upright description
+            nearest = min(upright, key=lambda k: float((upright[k] - view).norm()))
+            assert nearest == sides
+    # a triangle's corners stick out further and its sides dip in deeper than a hexagon's
+    triangle, hexagon = describe(_polygon(3, 0.1))[12:], describe(_polygon(6, 0.1))[12:]
+    assert triangle[0] < hexagon[0] - 0.1 and triangle[-1] > hexagon[-1] + 0.1
+    # a disc reads nearly flat
+    disc = describe(_polygon(64, 0.0))[12:]
+    assert disc.abs().max() < 0.1
 
 
 def _harmonics(head, mask):
