@@ -59,6 +59,7 @@ ARMS: dict[str, dict[str, object]] = {
     "lin_lr8_dn20": {**LIN8, "train.dn_number": 20},
     "lin_lr8_small": {**LIN8, "train.short_sides": [224, 256, 288]},
     "lin_lr8_clip1": {**LIN8, "train.grad_clip": 1.0},
+    "channels_last": {"train.channels_last": "true"},
 }
 #: overrides that change what a step costs (the others share the base recipe's rate)
 COST_KEYS = (
@@ -68,9 +69,10 @@ COST_KEYS = (
     "train.short_sides",
     "train.ema_decay",
     "train.hybrid_queries",
+    "train.channels_last",
 )
 #: of those, the ones that can make a step cheaper
-CHEAPER_KEYS = ("train.batch_size", "train.short_sides")
+CHEAPER_KEYS = ("train.batch_size", "train.short_sides", "train.channels_last")
 
 
 def _set_args(overrides: dict[str, object]) -> list[str]:
@@ -123,7 +125,7 @@ def _probe_one(arm: str, core: int, steps: int, tmp: Path) -> float:
     return (s1 - s0) / (s1 / r1 - s0 / r0)
 
 
-def probe(steps: int, arms: list[str]) -> None:
+def probe(steps: int, arms: list[str], rates_path: Path = RATES) -> None:
     import tempfile
 
     others = sorted({_cost_class(a) for a in arms} - {"base"})
@@ -139,8 +141,8 @@ def probe(steps: int, arms: list[str]) -> None:
             print(f"{arm:16s} {ra:.3f} steps/s, base beside it {rb:.3f}: ratio {ra / rb:.3f}")
     from mobius_core.atomic import atomic_write_bytes
 
-    atomic_write_bytes(RATES, (json.dumps(ratios, indent=1, sort_keys=True) + "\n").encode())
-    print(f"wrote {RATES}")
+    atomic_write_bytes(rates_path, (json.dumps(ratios, indent=1, sort_keys=True) + "\n").encode())
+    print(f"wrote {rates_path}")
 
 
 # -------------------------------------------------------------------------------------- run
@@ -248,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("probe", help="CPU steps/s of each arm against the base recipe")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--rates", type=Path, default=RATES, help="where the ratios go (run reads "
+                   f"{RATES.relative_to(ROOT)})")  # fmt: skip
     r = sub.add_parser("run", help="train all arms at once and evaluate their checkpoints")
     r.add_argument("--out", type=Path, default=ROOT / "runs" / "sweep")
     r.add_argument("--device", default="cuda")
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"unknown arms {unknown}; known: {', '.join(ARMS)}")
     if args.cmd == "probe":
-        probe(args.steps, args.arms.split(","))
+        probe(args.steps, args.arms.split(","), args.rates)
     elif args.cmd == "run":
         run(args.out.resolve(), args.device, args.base_steps, args.deadline,
             args.arms.split(","), args.workers)  # fmt: skip

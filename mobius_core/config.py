@@ -166,6 +166,9 @@ class TrainConfig:
     lr_drop_factor: float = _bounded(0.1, 0.0, 1.0)
     grad_clip: float = _bounded(0.1, 0.0, 1e6)
     amp: bool = False
+    # convolution weights (and so activations) in NHWC, which oneDNN's CPU kernels prefer;
+    # the same losses (benchmarks/recipe_sweep.py probe --arms channels_last: steps/s)
+    channels_last: bool = False
     ema_decay: float = _bounded(0.0, 0.0, 1.0)
     calibration: bool = True
     dn_number: int = _bounded(100, 0, 100_000)

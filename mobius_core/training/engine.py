@@ -91,6 +91,8 @@ class Trainer:
                 f"--device {device}: this PyTorch sees no CUDA device; train with --device cpu"
             )
         model.to(self.device)
+        if cfg.train.channels_last:
+            model.to(memory_format=torch.channels_last)
         self.cfg, self.model, self.dataset = cfg, model, dataset
         self.data = (
             dataset
