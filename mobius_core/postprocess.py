@@ -285,7 +285,8 @@ class PostProcessor:
             if self.score_with_mask:
                 inside = binary[win]
                 area = max(int(inside.sum()), 1)
-                prob = 1.0 / (1.0 + np.exp(-values)) if values is not None else 0.0
+                # sigmoid as 0.5 (1 + tanh(x / 2)): no overflow for very negative logits
+                prob = 0.5 * (1.0 + np.tanh(0.5 * values)) if values is not None else 0.0
                 mask_scores[k] = float((prob * inside).sum()) / area
 
         scores = scores.astype(np.float32)
