@@ -81,6 +81,8 @@ def test_gradients_reach_every_trainable_parameter(kind, scales, random_text_enc
     model = build_model(_small(kind, scales), text_encoder=random_text_encoder).train()
     # the zero-initialised last box layer would block gradients to the layers before it
     torch.nn.init.normal_(model.decoder.box_head.layers[-1].weight, std=0.01)
+    if model.decoder.shape_head is not None:  # zero-initialised output too
+        torch.nn.init.normal_(model.decoder.shape_head.embed.layers[-1].weight, std=0.01)
     text = model.text_encoder(PROMPTS)
     out = model(torch.randn(2, 3, 96, 96), text)
     assert len(out.aux) == 1
@@ -403,5 +405,8 @@ def test_shape_head_decoder_with_pruning_keeps_masks_and_logits_together(random_
             torch.testing.assert_close(full.logits[b, match], pruned.logits[b, q], atol=1e-4,
                                        rtol=0)  # fmt: skip
     assert model.decoder.shape_head is not None
-    plain = build_model(load_config("shapes_tiny"), text_encoder=random_text_encoder)
-    assert plain.decoder.shape_head is None  # off by default: the paper's decoder
+    plain = build_model(
+        load_config("shapes_tiny", {"model.decoder.shape_grid": 0}),
+        text_encoder=random_text_encoder,
+    )
+    assert plain.decoder.shape_head is None  # shape_grid 0: the paper's decoder

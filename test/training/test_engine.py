@@ -137,6 +137,7 @@ def test_schedule_and_parameter_groups(own_text_encoder):
             "train.lr_drop_steps": [10, 20],
             "train.lr": 1e-4,
             "train.backbone_lr_mult": 0.1,
+            "train.time_schedule": False,  # the shipped recipe fits it to the time
         },
     )
     t = cfg.train
@@ -291,7 +292,8 @@ def test_tensorboard_scalars_match_the_csv_log(tiny_dataset, tmp_path):
 
 
 def test_linear_and_cosine_decay_reach_zero_at_the_end_of_steps_or_budget():
-    base = {"train.warmup_steps": 10, "train.max_steps": 110, "train.lr_drop_steps": [50]}
+    base = {"train.warmup_steps": 10, "train.max_steps": 110, "train.lr_drop_steps": [50],
+            "train.time_schedule": False}  # fmt: skip
     lin = load_config("shapes_tiny", {**base, "train.lr_decay": "linear"}).train
     assert lr_factor(4, lin) == pytest.approx(0.5)  # warm-up unchanged
     assert [lr_factor(s, lin) for s in (10, 60, 110, 500)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
