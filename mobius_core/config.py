@@ -165,6 +165,7 @@ class TrainConfig:
     lr_drop_steps: list[int] = field(default_factory=list)
     lr_drop_factor: float = _bounded(0.1, 0.0, 1.0)
     grad_clip: float = _bounded(0.1, 0.0, 1e6)
+    # mixed precision: float16 autocast on CUDA, bfloat16 on the CPU (benchmarks/RESULTS.md)
     amp: bool = False
     # convolution weights (and so activations) in NHWC, which oneDNN's CPU kernels prefer;
     # the same losses (benchmarks/recipe_sweep.py probe --arms channels_last: steps/s)

@@ -232,6 +232,13 @@ class Trainer:
                 module.eval()
 
     # -- one step -------------------------------------------------------------------------
+    def _autocast(self, images: torch.Tensor) -> torch.autocast:
+        """``train.amp``: float16 autocast on CUDA, bfloat16 on the CPU (oneDNN's bf16
+        kernels: convolutions and matmuls in half the bytes); off, a no-op context."""
+        device = images.device.type
+        dtype = torch.float16 if device == "cuda" else torch.bfloat16
+        return torch.autocast(device, dtype=dtype, enabled=self.cfg.train.amp)
+
     def train_step(self) -> dict[str, float] | None:
         """One optimisation step; returns the loss terms, or None if the step was skipped.
 
@@ -257,8 +264,7 @@ class Trainer:
             text = self.model.encode_text(prompts)
         else:
             text = self.model.text_encoder(prompts)
-        use_amp = self.cfg.train.amp and torch.cuda.is_available()
-        with torch.autocast("cuda", enabled=use_amp):
+        with self._autocast(images):
             if visual is None:
                 outputs = self.net(self.model.normalize(images), text, targets=targets)
             else:  # no denoising/one-to-many queries: their labels index the text prompts

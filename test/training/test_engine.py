@@ -396,3 +396,23 @@ def test_channels_last_trains_the_same_model(tiny_dataset, tmp_path):
     fresh = _trainer(tiny_dataset, tmp_path / "c")
     fresh.resume(tmp_path / "b" / "last.pt")
     assert fresh.step == 3
+
+
+def test_amp_on_the_cpu_runs_in_bfloat16_and_keeps_float32_weights(tiny_dataset, tmp_path):
+    plain = _trainer(tiny_dataset, tmp_path / "a")
+    amp = _trainer(tiny_dataset, tmp_path / "b", **{"train.amp": True})
+    seen = []
+    conv = next(m for m in amp.model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    losses = []
+    for trainer in (plain, amp):
+        torch.manual_seed(1)  # the same mask points sampled
+        losses.append(trainer.train_step()["loss"])
+    assert seen == [torch.bfloat16]
+    # bfloat16 keeps 8 bits of mantissa: the same loss to about a percent, not bit-equal
+    assert losses[1] == pytest.approx(losses[0], rel=0.05)
+    assert losses[1] != losses[0]
+    assert all(p.dtype == torch.float32 for p in amp.model.parameters())
+    grads = [p.grad for p in amp.model.parameters() if p.grad is not None]
+    assert len(grads) > 100 and all(g.dtype == torch.float32 for g in grads)
+    assert all(bool(torch.isfinite(g).all()) for g in grads)
