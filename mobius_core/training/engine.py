@@ -68,6 +68,16 @@ def build_criterion(cfg: Config) -> SetCriterion:
     )
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (what makes ``train.amp`` pay off
+    there); unknown counts as yes."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else True
+    except RuntimeError:
+        return True
+
+
 class Trainer:
     """Trains ``model`` on ``dataset`` with the recipe of ``cfg.train``, writing to ``out_dir``:
     ``log.csv`` (one row per ``log_every`` steps), ``last.pt`` (every ``checkpoint_every``
@@ -91,6 +101,12 @@ class Trainer:
                 f"--device {device}: this PyTorch sees no CUDA device; train with --device cpu"
             )
         model.to(self.device)
+        if cfg.train.amp and self.device.type == "cpu" and not cpu_has_bfloat16():
+            log.warning(
+                "train.amp=true: this CPU has no native bfloat16 (AVX512-BF16/AMX), so "
+                "bfloat16 autocast is emulated and likely slower than float32; set "
+                "train.amp=false to train in float32"
+            )
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
         self.cfg, self.model, self.dataset = cfg, model, dataset

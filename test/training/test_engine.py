@@ -399,7 +399,7 @@ def test_channels_last_trains_the_same_model(tiny_dataset, tmp_path):
 
 
 def test_amp_on_the_cpu_runs_in_bfloat16_and_keeps_float32_weights(tiny_dataset, tmp_path):
-    plain = _trainer(tiny_dataset, tmp_path / "a")
+    plain = _trainer(tiny_dataset, tmp_path / "a", **{"train.amp": False})
     amp = _trainer(tiny_dataset, tmp_path / "b", **{"train.amp": True})
     seen = []
     conv = next(m for m in amp.model.modules() if isinstance(m, torch.nn.Conv2d))
@@ -416,3 +416,17 @@ def test_amp_on_the_cpu_runs_in_bfloat16_and_keeps_float32_weights(tiny_dataset,
     grads = [p.grad for p in amp.model.parameters() if p.grad is not None]
     assert len(grads) > 100 and all(g.dtype == torch.float32 for g in grads)
     assert all(bool(torch.isfinite(g).all()) for g in grads)
+
+
+def test_amp_on_a_cpu_without_bfloat16_warns_and_names_the_fix(
+    tiny_dataset, tmp_path, monkeypatch, caplog
+):
+    from mobius_core.training import engine
+
+    assert isinstance(engine.cpu_has_bfloat16(), bool)
+    monkeypatch.setattr(engine, "cpu_has_bfloat16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger=engine.log.name):
+        _trainer(tiny_dataset, tmp_path / "a", **{"train.amp": False})
+        assert "bfloat16" not in caplog.text
+        _trainer(tiny_dataset, tmp_path / "b", **{"train.amp": True})
+    assert "no native bfloat16" in caplog.text and "train.amp=false" in caplog.text
