@@ -55,9 +55,8 @@ from mobius_core.atomic import atomic_write_bytes  # noqa: E402
 from mobius_core.data.synthetic import cached_split  # noqa: E402
 from mobius_core.rle import decode_rle, encode_rle  # noqa: E402
 
-SHIPPED_RUN = ROOT / "benchmarks" / "logs" / "shapes_tiny_run3.csv"
-SHIPPED_AP = ROOT / "benchmarks" / "logs" / "shapes_tiny_run3_ap.csv"
-SHIPPED_STEPS_PER_S = 3.24  # benchmarks/RESULTS.md: 7468 steps in 38.4 minutes (third run)
+SHIPPED_AP = ROOT / "benchmarks" / "logs" / "shapes_tiny_run4_ap.csv"
+SHIPPED_STEPS_PER_S = 4.17  # benchmarks/RESULTS.md: 9598 steps in 38.4 minutes (fourth run)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -330,17 +329,10 @@ def yolo_curve(run: Path, ds, imgsz: int) -> list[tuple[float, float]]:
 
 
 def shipped_curve() -> list[tuple[float, float]]:
-    """(seconds, mask AP on val) of the shipped run: its checkpoints every 500 steps, the
-    seconds summed from the logged steps per second (benchmarks/logs)."""
-    with open(SHIPPED_RUN) as f:
-        log = [(int(r["step"]), float(r["steps_per_s"])) for r in csv.DictReader(f)]
-    elapsed, prev, t = {}, 0, 0.0
-    for step, rate in log:
-        t += (step - prev) / rate
-        elapsed[step], prev = t, step
+    """(training seconds, mask AP on val) of the shipped run's checkpoints every 500 steps
+    (benchmarks/logs, written by eval_snapshots.py from the checkpoints themselves)."""
     with open(SHIPPED_AP) as f:
-        return [(elapsed[int(r["step"])], float(r["mask_ap"])) for r in csv.DictReader(f)
-                if int(r["step"]) in elapsed]  # fmt: skip
+        return [(float(r["seconds"]), float(r["mask_ap"])) for r in csv.DictReader(f)]
 
 
 def flop_count(module, x) -> float:

@@ -256,7 +256,7 @@ def test_separable_mask_conv_costs_a_fraction_and_keeps_the_shape(random_text_en
     n_full = sum(p.numel() for p in full.output.parameters())
     n_sep = sum(p.numel() for p in sep.output.parameters())
     assert n_sep < n_full / 5  # 64*9 + 64*64 (+ biases, norm) against 64*64*9
-    # the full variant keeps the parameter names of the shipped weights
+    # the full variant keeps the parameter names of checkpoints trained before the option
     assert "output.0.0.weight" in dict(full.named_parameters())
     with pytest.raises(ValueError, match="separable"):
         MaskFeatures(24, 64, "dilated")
