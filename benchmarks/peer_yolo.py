@@ -408,6 +408,12 @@ def latency(yolo_weights: Path, sizes: list[int], frames: int, images: list[np.n
     return rows
 
 
+def image_params(model) -> int:
+    """Parameters of a MOBIUS model without its text encoder, which runs once per prompt set
+    (the same count for the shipped and the side-by-side model)."""
+    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("text_encoder."))
+
+
 def report(
     work: Path, models: list[str], imgsz: int, frames: int, num_val: int, out: str | None,
     ours_run: Path | None = None,
@@ -428,7 +434,7 @@ def report(
     tiny = _load_model(cfg, None, [])
     ours = evaluate_dataset(tiny, val, short_side=imgsz, prune=prune_schedule(cfg.model.pruning),
                             referring=False).metrics  # fmt: skip
-    n_ours = sum(p.numel() for n, p in tiny.named_parameters() if not n.startswith("text_encoder."))
+    n_ours = image_params(tiny)
     table = [("shapes_tiny (shipped, pruned)", ours, n_ours / 1e6,
               {s: count_flops(tiny, s, num_prompts=36)["total"] for s in (320, 384)})]  # fmt: skip
     series = [("shapes_tiny (shipped run)", *zip(*shipped_curve()))]
@@ -438,7 +444,7 @@ def report(
         pruned = evaluate_dataset(sbs, val, short_side=imgsz, referring=False,
                                   prune=prune_schedule(cfg.model.pruning)).metrics  # fmt: skip
         full = evaluate_dataset(sbs, val, short_side=imgsz, referring=False).metrics
-        n_sbs = sum(p.numel() for n, p in sbs.named_parameters() if not n.startswith("text_"))
+        n_sbs = image_params(sbs)
         sbs_flops = {s: count_flops(sbs, s, num_prompts=36)["total"] for s in (320, 384)}
         table.append(("shapes_tiny (side by side, pruned)", pruned, n_sbs / 1e6, sbs_flops))
         table.append(("shapes_tiny (side by side, unpruned)", full, n_sbs / 1e6, sbs_flops))
