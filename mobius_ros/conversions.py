@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ ENCODINGS: dict[str, tuple[int, tuple[int, int, int]]] = {
     "8UC1": (1, (0, 0, 0)),
 }
 MAX_PIXELS = 8192 * 8192
+DEPTH_ENCODINGS = ("16UC1", "32FC1")
 
 
 class ImageError(ValueError):
@@ -41,7 +43,7 @@ def image_to_rgb(
     if encoding not in ENCODINGS:
         hint = (
             "depth images are not segmented; publish the colour stream"
-            if encoding in ("16UC1", "32FC1", "mono16")
+            if encoding in DEPTH_ENCODINGS
             else "publish rgb8, bgr8, rgba8, bgra8 or mono8 (image_proc can convert)"
         )
         raise ImageError(f"unsupported image encoding {encoding!r}: {hint}")
@@ -68,6 +70,40 @@ def image_to_rgb(
     if order == (0, 1, 2) and channels == 3:
         return rows
     return np.ascontiguousarray(rows[:, :, list(order)])
+
+
+def image_msg_to_rgb(msg: Any) -> np.ndarray:
+    """A ``sensor_msgs/Image`` -> [H,W,3] uint8 RGB: the NumPy path for 8-bit colour and
+    mono, cv_bridge for the other encodings it knows (yuv422, bayer_*, 16-bit colour, mono16).
+    Without cv_bridge those are refused with a message that names it."""
+    enc = msg.encoding
+    if enc in ENCODINGS or enc in DEPTH_ENCODINGS:
+        return image_to_rgb(enc, msg.height, msg.width, msg.step, msg.data)
+    if msg.height <= 0 or msg.width <= 0:
+        raise ImageError(f"image has zero size ({msg.width}x{msg.height}); check the camera driver")
+    if msg.height * msg.width > MAX_PIXELS:
+        raise ImageError(f"image {msg.width}x{msg.height} is larger than {MAX_PIXELS} pixels")
+    try:
+        from cv_bridge import CvBridge
+    except ImportError:
+        raise ImageError(
+            f"image encoding {enc!r} needs cv_bridge to convert (every ROS 2 install has it: "
+            "ros-<distro>-cv-bridge), or publish rgb8, bgr8, rgba8, bgra8 or mono8"
+        ) from None
+    try:
+        rgb = CvBridge().imgmsg_to_cv2(msg, desired_encoding="rgb8")
+    except Exception as exc:  # CvBridgeError and OpenCV's errors: the text names the cause
+        raise ImageError(
+            f"cv_bridge cannot convert a {msg.width}x{msg.height} {enc!r} image to rgb8: {exc}; "
+            "publish rgb8, bgr8, rgba8, bgra8 or mono8"
+        ) from exc
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.shape != (msg.height, msg.width, 3):
+        raise ImageError(
+            f"cv_bridge returned {rgb.dtype} {rgb.shape} for a {msg.width}x{msg.height} {enc!r} "
+            "image, expected uint8 (H, W, 3)"
+        )
+    return np.ascontiguousarray(rgb)
 
 
 def compressed_to_rgb(fmt: str, data: bytes | memoryview) -> np.ndarray:

@@ -32,6 +32,63 @@ def start_node(params: dict[str, str], domain_id: int, log: Path, source: bool =
                                 env=local_ros_env(domain_id), cwd=ROOT)  # fmt: skip
 
 
+def ros2_cli() -> Path | None:
+    """The real ``ros2`` command beside this interpreter (a ROS 2 install, or the venv after
+    ros-extras), with ``launch_ros`` importable; None where they are missing."""
+    import importlib.util
+
+    exe = Path(sys.prefix) / "bin" / "ros2"
+    if not exe.is_file() or importlib.util.find_spec("launch_ros") is None:
+        return None
+    return exe
+
+
+def launch_segment(args: dict[str, str], domain_id: int, log: Path) -> subprocess.Popen:
+    """``ros2 launch mobius_ros segment.launch.py name:=value ...`` in its own session, so a
+    signal to its process group reaches launch as a terminal's Ctrl-C does."""
+    cmd = [str(ros2_cli()), "launch", "mobius_ros", "segment.launch.py"]
+    cmd += [f"{k}:={v}" for k, v in args.items()]
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=local_ros_env(domain_id), start_new_session=True)  # fmt: skip
+
+
+def ros2(args: list[str], domain_id: int, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """One ``ros2 ...`` command (its output as text; the return code is not checked)."""
+    return subprocess.run([str(ros2_cli()), *args], capture_output=True, text=True,
+                          timeout=timeout, env=local_ros_env(domain_id),
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def ros2_until(args: list[str], domain_id: int, ok, seconds: float = 60.0) -> str:
+    """Repeat a ``ros2`` command until ``ok(output)`` (a fresh graph may not show the node at
+    first: "Node not found"); the last output either way."""
+    end, out = time.monotonic() + seconds, ""
+    while time.monotonic() < end:
+        r = ros2(args, domain_id)
+        out = r.stdout + r.stderr
+        if ok(out):
+            break
+        time.sleep(0.5)
+    return out
+
+
+def interrupt(proc: subprocess.Popen, timeout: float = 30.0) -> tuple[int, float]:
+    """SIGINT to the process group (Ctrl-C); (exit code, seconds to exit). Killed after
+    ``timeout`` (exit code then None-like -9)."""
+    import os
+    import signal
+
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        code = proc.wait()
+    return code, time.monotonic() - start
+
+
 def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     proc.terminate()
     try:

@@ -1,29 +1,48 @@
-"""The segmentation node: wiring only (conversions, prompts, budget and model live in pure
-modules next to this one).
+"""The segmentation node: a managed (lifecycle) node; wiring only (conversions, prompts,
+budget and model live in pure modules next to this one).
 
-Subscribes ``image`` (sensor_msgs/Image) and ``image/compressed`` (CompressedImage) with
-sensor-data QoS, depth 1; a worker thread segments the newest frame and publishes
-``instances``, ``instance_mask``, ``overlay`` (only while subscribed), ``markers``,
-``detections`` (where vision_msgs exists) and ``/diagnostics``. Service ``set_prompts``
-(text prompts, and point/box prompts); topic ``point_prompt`` (geometry_msgs/PointStamped in
-image pixels, as image viewers publish mouse clicks) adds a point prompt.
+Lifecycle: ``configure`` loads (and on first use exports) the model and encodes the initial
+prompts; ``activate`` subscribes the camera and publishes; ``deactivate`` stops taking frames
+(the services answer that the node is inactive); ``cleanup`` frees the model; ``shutdown``
+from any state. With ``autostart`` (the default) the node configures and activates itself at
+start, so ``ros2 run`` and ``ros2 launch`` need nothing more.
+
+While active it subscribes ``image`` (sensor_msgs/Image) or, with ``transport:=compressed``,
+``<resolved image topic>/compressed`` (image_transport's naming), with sensor-data QoS,
+depth 1; a worker thread segments the newest frame and publishes ``instances``,
+``instance_mask``, ``overlay`` (only while subscribed), ``markers``, ``detections`` and
+``label_info`` (transient local; where vision_msgs exists) and ``/diagnostics``. Service
+``set_prompts`` (text prompts, and point/box prompts); topic ``point_prompt``
+(geometry_msgs/PointStamped in image pixels, as image viewers publish mouse clicks) adds a
+point prompt.
 """
 
 from __future__ import annotations
 
 import array
+import signal
+import threading
 import time
 from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PointStamped
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
+from mobius_core.export.runtime import validate_prompts
 from mobius_core.tracking import InstanceTracker, suppress_duplicates
 from mobius_ros.msg import Instance, InstanceArray
 from mobius_ros.srv import SetPrompts
@@ -33,7 +52,7 @@ from .budget import BudgetController
 from .conversions import (
     ImageError,
     compressed_to_rgb,
-    image_to_rgb,
+    image_msg_to_rgb,
     instance_fields,
     label_image,
     rgb_to_image_fields,
@@ -44,13 +63,35 @@ from .visual import FrameInfo, VisualPromptState
 from .worker import LatestFrameWorker
 
 try:  # optional: vision_msgs is not everywhere
-    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+    from vision_msgs.msg import (
+        Detection2D,
+        Detection2DArray,
+        LabelInfo,
+        ObjectHypothesisWithPose,
+        VisionClass,
+    )
 except ImportError:  # pragma: no cover - depends on the system
-    Detection2DArray = None
+    Detection2DArray = LabelInfo = None
 
 SENSOR_QOS = QoSProfile(
     depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT
 )
+LATCHED_QOS = QoSProfile(  # vision_msgs: LabelInfo is published transient local
+    depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)  # fmt: skip
+
+_ROS_TYPES = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    str: ParameterType.PARAMETER_STRING,
+}
+_ROS_ARRAYS = {
+    str: ParameterType.PARAMETER_STRING_ARRAY,
+    int: ParameterType.PARAMETER_INTEGER_ARRAY,
+    float: ParameterType.PARAMETER_DOUBLE_ARRAY,
+}
 
 
 def _plain(value: Any) -> Any:
@@ -58,61 +99,206 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (array.array, tuple)) else value
 
 
-class SegmentationNode(Node):
+def ros_type(name: str) -> int:
+    """The rcl_interfaces ParameterType of one of the node's parameters."""
+    k = P.kind(name)
+    return _ROS_ARRAYS[P.element_kind(name)] if k is list else _ROS_TYPES[k]
+
+
+def descriptor(name: str) -> ParameterDescriptor:
+    """The ROS descriptor of a parameter, from its entry in :data:`params.SPECS`: what
+    ``ros2 param describe`` shows and what rclpy enforces before the node's own checks."""
+    spec = P.SPECS[name]
+    k = P.kind(name)
+    # rclpy types an empty list as a byte array whatever the descriptor says, so list
+    # parameters are dynamically typed; the node's own check enforces their element type.
+    d = ParameterDescriptor(name=name, description=spec.description,
+                            additional_constraints=spec.constraints(), read_only=spec.read_only,
+                            dynamic_typing=k is list)  # fmt: skip
+    if k is not list:
+        d.type = ros_type(name)
+    if spec.lo is not None and k is float:
+        rng = FloatingPointRange(from_value=float(spec.lo), to_value=float(spec.hi), step=0.0)
+        d.floating_point_range = [rng]
+    elif spec.lo is not None and k is int:
+        d.integer_range = [IntegerRange(from_value=int(spec.lo), to_value=int(spec.hi), step=1)]
+    return d
+
+
+def declare_node_parameters(node: Any) -> P.NodeParams:
+    """Declare every parameter of :data:`params.SPECS` on ``node`` and return their values.
+
+    Start-up values (``-p``, ``--params-file``, launch) are checked first, so a bad one gets
+    the node's own message: unknown names (with the nearest known one), a ``[]`` in a
+    parameter file (rcl reads it as "not set": it means the empty list here), an integer for a
+    number (5 -> 5.0). ValueError names the problem."""
+    # rclpy keeps start-up values here and offers no public accessor for them.
+    overrides: dict[str, Parameter] = node._parameter_overrides
+    for name in list(overrides):
+        if name not in P.NAMES and not P.is_ros_builtin(name):
+            raise ValueError(f"{P.unknown_key_error(name)} (from the command line or params file)")
+    defaults = P.NodeParams().as_dict()
+    for name in P.NAMES:
+        given = overrides.get(name)
+        value = defaults[name] if given is None else given.value
+        try:
+            value = P.check(name, _plain(value))
+        except ValueError as exc:
+            raise ValueError(f"start-up parameter {exc}") from None
+        overrides[name] = Parameter(name, Parameter.Type(ros_type(name)), value)  # 5 -> 5.0
+        try:
+            node.declare_parameter(name, value, descriptor(name))
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            raise ValueError(f"start-up parameter {name}: {exc}") from None
+    return P.from_mapping({n: _plain(node.get_parameter(n).value) for n in P.NAMES})
+
+
+class SegmentationNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("mobius", **kwargs)
-        defaults = P.NodeParams().as_dict()
-        for name, value in defaults.items():
-            self.declare_parameter(name, value, ParameterDescriptor(dynamic_typing=True))
-        values = {n: _plain(self.get_parameter(n).value) for n in P.NAMES}
-        self.p = P.from_mapping(values)
         self.log = self.get_logger()
-
-        start = time.perf_counter()
-        self.model = load_model(self.p)
-        self.seg = self.model.segmenter
-        self.log.info(f"model: {self.model.description} ({time.perf_counter() - start:.1f} s)")
-        self.prompt_state = PromptState(self.seg, self.p.max_prompts, self.p.max_prompt_chars)
-        r = self.prompt_state.set(self.p.prompts, self.p.mode)
-        if not r.success:
-            raise ValueError(f"initial prompts from parameters: {r.message}")
-        self.log.info(r.message)
+        self.p = declare_node_parameters(self)
+        self.model: Any = None  # set by configure
+        self.seg: Any = None
+        self.prompt_state: PromptState | None = None
         self.visual = VisualPromptState(
             self.p.max_visual_prompts, self.p.click_max_age, self.p.follow_visual
         )
-        self.budget = BudgetController(self.model.ladder(self.p), self.p.target_fps)
+        self.budget: BudgetController | None = None
         self.tracker: InstanceTracker | None = None
         self._next_id = 1  # ids carry over when the tracker is rebuilt: never reused
-        self.tracker = self._make_tracker(self.p)
         self._pending_level = True  # apply the budget's (or the default) level before a frame
-
-        self.pub_instances = self.create_publisher(InstanceArray, "instances", 10)
-        self.pub_mask = self.create_publisher(Image, "instance_mask", 10)
-        self.pub_overlay = self.create_publisher(Image, "overlay", 2)
-        self.pub_markers = self.create_publisher(MarkerArray, "markers", 10)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.pub_det = (
-            self.create_publisher(Detection2DArray, "detections", 10)
-            if Detection2DArray is not None
-            else None
-        )
-        self.worker = LatestFrameWorker(self._process, self._on_error)
-        self.worker.min_period_s = self._min_period()
-        self.create_subscription(Image, "image", self._on_frame, SENSOR_QOS)
-        self.create_subscription(CompressedImage, "image/compressed", self._on_frame, SENSOR_QOS)
-        self.create_service(SetPrompts, "set_prompts", self._on_set_prompts)
-        self.create_subscription(PointStamped, "point_prompt", self._on_click, 10)
-        self.add_on_set_parameters_callback(self._on_parameters)
-        self._diag_timer = self.create_timer(self.p.diagnostics_period, self._publish_diagnostics)
+        self.worker: LatestFrameWorker | None = None
+        self.active = False
+        self.configuring = False  # a signal during configure stops it at once (see run())
+        self.stopping = False  # set before the worker stops: no error lines while going down
+        self._frame_subs: list[Any] = []
+        self._pubs: dict[str, Any] = {}
+        self._diag_timer: Any = None
         self.last_kept = 0
         self.bad_frames = 0
         self.last_error = ""
         self.last_prompt_error = ""  # the last refused click, shown in /diagnostics
+        self.image_topic = self.resolve_topic_name("image")
+        self.create_service(SetPrompts, "set_prompts", self._on_set_prompts)
+        self.add_on_set_parameters_callback(self._on_parameters)
+
+    # -- lifecycle transitions ---------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.configuring = True
+        start = time.perf_counter()
+        try:
+            model = load_model(self.p)
+            prompt_state = PromptState(model.segmenter, self.p.max_prompts,
+                                       self.p.max_prompt_chars)  # fmt: skip
+            r = prompt_state.set(self.p.prompts, self.p.mode)
+            if not r.success:
+                raise ValueError(f"initial prompts from parameters: {r.message}")
+        except (ValueError, FileNotFoundError) as exc:  # configuration: a message, no traceback
+            self.config_error = str(exc)
+            self.log.error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        finally:
+            self.configuring = False
+        self.config_error = ""
+        self.model, self.seg, self.prompt_state = model, model.segmenter, prompt_state
+        self.log.info(f"model: {model.description} ({time.perf_counter() - start:.1f} s); "
+                      f"{r.message}")  # fmt: skip
+        self.budget = BudgetController(model.ladder(self.p), self.p.target_fps)
+        self.tracker = self._make_tracker(self.p)
+        self._pending_level = True
+        lp = self.create_lifecycle_publisher
+        self._pubs = {
+            "instances": lp(InstanceArray, "instances", 10),
+            "instance_mask": lp(Image, "instance_mask", 10),
+            "overlay": lp(Image, "overlay", 2),
+            "markers": lp(MarkerArray, "markers", 10),
+            "diagnostics": lp(DiagnosticArray, "/diagnostics", 10),
+        }
+        if Detection2DArray is not None:
+            self._pubs["detections"] = lp(Detection2DArray, "detections", 10)
+            self._pubs["label_info"] = lp(LabelInfo, "label_info", LATCHED_QOS)
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = super().on_activate(state)  # enables the lifecycle publishers
+        self.stopping = False
+        self.worker = LatestFrameWorker(self._process, self._on_error)
+        self.worker.min_period_s = self._min_period()
+        self._subscribe_frames()
+        self._frame_subs.append(
+            self.create_subscription(PointStamped, "point_prompt", self._on_click, 10)
+        )
+        self._diag_timer = self.create_timer(self.p.diagnostics_period, self._publish_diagnostics)
+        self.active = True
+        self._publish_label_info()
+        self.log.info(f"active: segmenting {self._frame_topic()}")
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_frames()
+        self.log.info("inactive: not taking frames (`ros2 lifecycle set /mobius activate`)")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._free_model()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def release(self) -> None:
+        """Stop taking frames, wait for the frame in progress, free the model (any state;
+        idempotent). Called before the ROS context goes away."""
+        self._stop_frames()
+        self._free_model()
+
+    def _stop_frames(self) -> None:
+        self.active = False
+        self.stopping = True
+        for sub in self._frame_subs:
+            self.destroy_subscription(sub)
+        self._frame_subs = []
+        if self._diag_timer is not None:
+            self._diag_timer.cancel()
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        if self.worker is not None:
+            self.worker.close(timeout=30.0)  # the frame in progress finishes first
+            self.worker = None
+
+    def _free_model(self) -> None:
+        for pub in self._pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs = {}
+        self.model = self.seg = self.prompt_state = self.budget = None
+        self.tracker = None
+
+    def _frame_topic(self) -> str:
+        return self.image_topic + ("/compressed" if self.p.transport == "compressed" else "")
+
+    def _subscribe_frames(self) -> None:
+        kind = CompressedImage if self.p.transport == "compressed" else Image
+        self._frame_subs.insert(
+            0, self.create_subscription(kind, self._frame_topic(), self._on_frame, SENSOR_QOS)
+        )
+
+    def _inactive(self) -> str | None:
+        """Why requests are refused now (None while active)."""
+        if self.active:
+            return None
+        if self.model is None:
+            return "the node is not configured: `ros2 lifecycle set /mobius configure`"
+        return "the node is inactive: `ros2 lifecycle set /mobius activate`"
 
     # -- callbacks on the executor thread (cheap) -----------------------------------------
 
     def _on_frame(self, msg: Image | CompressedImage) -> None:
-        self.worker.submit((msg, time.monotonic()))
+        worker = self.worker
+        if worker is not None:
+            worker.submit((msg, time.monotonic()))
 
     def _on_click(self, msg: PointStamped) -> None:
         if not self.model.visual:
@@ -146,16 +332,12 @@ class SegmentationNode(Node):
         return self.visual.replace(points, boxes)
 
     def _on_set_prompts(self, request: Any, response: Any) -> Any:
+        inactive = self._inactive()
         try:
-            visual = self._set_visual(request)
-            if visual is not None and not visual.success:
-                r = visual
-            elif list(request.prompts) or visual is None:
-                r = self.prompt_state.set(list(request.prompts), request.mode)
-                if visual is not None:
-                    r = PromptResult(r.success, f"{r.message}; {visual.message}", r.encode_ms)
+            if inactive is not None:
+                r = PromptResult(False, f"{inactive}; the prompts stay as they are")
             else:
-                r = visual
+                r = self._apply_prompt_request(request)
         except Exception as exc:  # a service callback must never take the node down
             r = PromptResult(False, f"set_prompts failed, the old prompts stay: {exc}")
         response.success, response.message, response.encode_ms = r.success, r.message, r.encode_ms
@@ -165,39 +347,87 @@ class SegmentationNode(Node):
             self.log.warning(f"set_prompts refused: {r.message}")
         return response
 
+    def _apply_prompt_request(self, request: Any) -> PromptResult:
+        visual = self._set_visual(request)
+        if visual is not None and not visual.success:
+            return visual
+        if not (list(request.prompts) or visual is None):
+            return visual
+        before = (self.prompt_state.prompts, self.prompt_state.mode)
+        r = self.prompt_state.set(list(request.prompts), request.mode)
+        if r.success and (self.prompt_state.prompts, self.prompt_state.mode) != before:
+            self._prompts_changed()
+        if visual is not None:
+            r = PromptResult(r.success, f"{r.message}; {visual.message}", r.encode_ms)
+        return r
+
+    def _prompts_changed(self) -> None:
+        """The prompt set changed: the parameters say so (a dump saves the prompts in force)
+        and LabelInfo describes the new class map."""
+        prompts, mode = list(self.prompt_state.prompts), self.prompt_state.mode
+        self.set_parameters([Parameter("prompts", Parameter.Type.STRING_ARRAY, prompts),
+                             Parameter("mode", Parameter.Type.STRING, mode)])  # fmt: skip
+        self._publish_label_info()
+
+    def _publish_label_info(self) -> None:
+        pub = self._pubs.get("label_info")
+        if pub is None or not self.active or self.prompt_state is None:
+            return
+        msg = LabelInfo(threshold=float(self.p.score_threshold))
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.class_map = [VisionClass(class_id=i, class_name=name)
+                         for i, name in enumerate(self.prompt_state.prompts)]  # fmt: skip
+        pub.publish(msg)
+
     def _on_parameters(self, changes: list[Any]) -> SetParametersResult:
         new = P.NodeParams(**self.p.as_dict())
+        configured = self.model is not None
         try:
             for c in changes:
+                if P.is_ros_builtin(c.name):
+                    continue  # rclpy's own (use_sim_time drives the clock by itself)
                 if c.name not in P.NAMES:
                     raise ValueError(P.unknown_key_error(c.name))
                 value = P.check(c.name, _plain(c.value))
                 if c.name in P.RESTART_ONLY and value != getattr(self.p, c.name):
                     raise ValueError(f"{c.name} chooses the model; restart the node to change it")
                 setattr(new, c.name, value)
-            if (new.prompts, new.mode) != (self.p.prompts, self.p.mode):
+            if not configured:
+                if new.prompts != self.p.prompts:  # encoded at configure; checked now
+                    validate_prompts(list(new.prompts), new.max_prompts, new.max_prompt_chars)
+            elif (tuple(new.prompts), new.mode) != (self.prompt_state.prompts,
+                                                    self.prompt_state.mode):  # fmt: skip
                 r = self.prompt_state.set(new.prompts, new.mode)
                 if not r.success:
                     raise ValueError(r.message)
+                new.prompts, new.mode = list(self.prompt_state.prompts), self.prompt_state.mode
+                self._publish_label_info()
             ladder_keys = ("prune_low_range", "prune_high_range", "min_keep_range", "prune_steps")
-            if any(getattr(new, k) != getattr(self.p, k) for k in ladder_keys):
+            if configured and any(getattr(new, k) != getattr(self.p, k) for k in ladder_keys):
                 self.budget = BudgetController(self.model.ladder(new), new.target_fps)
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        self.seg.post.score_threshold = new.score_threshold
-        self.seg.post.top_k = new.max_instances
-        track_keys = ("tracking", "track_iou_gate", "track_max_age")
-        if any(getattr(new, k) != getattr(self.p, k) for k in track_keys):
-            self.tracker = self._make_tracker(new)  # one assignment: the worker sees old or new
+        if configured:
+            self.seg.post.score_threshold = new.score_threshold
+            self.seg.post.top_k = new.max_instances
+            track_keys = ("tracking", "track_iou_gate", "track_max_age")
+            if any(getattr(new, k) != getattr(self.p, k) for k in track_keys):
+                self.tracker = self._make_tracker(new)  # one assignment: the worker sees one
+            if new.target_fps != self.p.target_fps:
+                self.budget.set_target(new.target_fps)
         self.visual.max_prompts, self.visual.max_age_s = new.max_visual_prompts, new.click_max_age
         self.visual.follow = new.follow_visual
-        if new.target_fps != self.p.target_fps:
-            self.budget.set_target(new.target_fps)
-        if new.diagnostics_period != self.p.diagnostics_period:
+        if self._diag_timer is not None and new.diagnostics_period != self.p.diagnostics_period:
             self._diag_timer.cancel()
+            self.destroy_timer(self._diag_timer)
             self._diag_timer = self.create_timer(new.diagnostics_period, self._publish_diagnostics)
-        self.p = new
-        self.worker.min_period_s = self._min_period()
+        old_transport, self.p = self.p.transport, new
+        if self.active and new.transport != old_transport:  # move to the other transport
+            self.destroy_subscription(self._frame_subs.pop(0))
+            self._subscribe_frames()
+            self.log.info(f"transport {new.transport}: segmenting {self._frame_topic()}")
+        if self.worker is not None:
+            self.worker.min_period_s = self._min_period()
         self._pending_level = True
         return SetParametersResult(successful=True)
 
@@ -217,6 +447,8 @@ class SegmentationNode(Node):
     # -- the worker thread -----------------------------------------------------------------
 
     def _on_error(self, exc: Exception) -> None:
+        if self.stopping:  # a frame cut off by deactivate or shutdown is no error
+            return
         self.bad_frames += 1
         self.last_error = str(exc)
         kind = "bad image" if isinstance(exc, ImageError) else "frame failed"
@@ -224,11 +456,13 @@ class SegmentationNode(Node):
 
     def _process(self, item: tuple[Any, float]) -> None:
         msg, received = item
+        if not self.active:
+            return
         start = time.monotonic()
         if isinstance(msg, CompressedImage):
             rgb = compressed_to_rgb(msg.format, msg.data)
         else:
-            rgb = image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+            rgb = image_msg_to_rgb(msg)
         if self._pending_level or self.budget.target_fps > 0:
             apply_level(self.seg, self.budget.level if self.budget.target_fps > 0
                         else self.model.default_level)  # fmt: skip
@@ -255,9 +489,13 @@ class SegmentationNode(Node):
         times = self.seg.last_times
         kept = int(self.seg.last_outputs.kept[0, -1]) if self.seg.last_outputs.kept.size else 0
         self.last_kept = kept
+        if self.stopping:
+            return
         self._publish(msg.header, rgb, inst, times.inference * 1e3, kept, ids, prompts)
         done = time.monotonic()
-        self.worker.stats.add(done - received, done)
+        worker = self.worker
+        if worker is not None:
+            worker.stats.add(done - received, done)
         if self.budget.update(done - start, done):
             self.log.info(f"budget: {self.budget.level.describe()}")
 
@@ -275,29 +513,27 @@ class SegmentationNode(Node):
             m.mask_height, m.mask_width = f.mask_height, f.mask_width
             m.mask_rle_counts = array.array("I", f.mask_rle_counts)
             out.instances.append(m)
-        self.pub_instances.publish(out)
+        pubs = self._pubs
+        pubs["instances"].publish(out)
         p = self.p
-        if p.publish_instance_mask and self.pub_mask.get_subscription_count():
+        if p.publish_instance_mask and pubs["instance_mask"].get_subscription_count():
             labels = label_image(inst, rgb.shape[:2], ids)
-            self.pub_mask.publish(Image(header=header, height=labels.shape[0],
+            pubs["instance_mask"].publish(Image(header=header, height=labels.shape[0],
                                         width=labels.shape[1], encoding="mono16",
                                         is_bigendian=0, step=2 * labels.shape[1],
                                         data=labels.astype("<u2").tobytes()))  # fmt: skip
-        if p.publish_overlay and self.pub_overlay.get_subscription_count():
+        if p.publish_overlay and pubs["overlay"].get_subscription_count():
             from mobius_core.visualize import draw_instances
 
             h, w, step, data = rgb_to_image_fields(draw_instances(rgb, inst))
-            self.pub_overlay.publish(
+            pubs["overlay"].publish(
                 Image(header=header, height=h, width=w, encoding="rgb8", step=step, data=data)
             )
-        if p.publish_markers and self.pub_markers.get_subscription_count():
-            self.pub_markers.publish(self._markers(header, fields))
-        if (
-            p.publish_detections
-            and self.pub_det is not None
-            and self.pub_det.get_subscription_count()
-        ):
-            self.pub_det.publish(self._detections(header, fields))
+        if p.publish_markers and pubs["markers"].get_subscription_count():
+            pubs["markers"].publish(self._markers(header, fields))
+        det = pubs.get("detections")
+        if p.publish_detections and det is not None and det.get_subscription_count():
+            det.publish(self._detections(header, fields))
 
     def _markers(self, header: Any, fields: list[Any]) -> MarkerArray:
         s = self.p.marker_scale
@@ -332,7 +568,10 @@ class SegmentationNode(Node):
         return out
 
     def _publish_diagnostics(self) -> None:
-        s = self.worker.stats.summary()
+        worker, budget, prompts = self.worker, self.budget, self.prompt_state
+        if worker is None or budget is None or prompts is None:
+            return  # not active
+        s = worker.stats.summary()
         values = {
             "backend": self.p.backend,
             "latency_p50_ms": f"{s['latency_p50_ms']:.1f}",
@@ -343,17 +582,18 @@ class SegmentationNode(Node):
             "dropped_frames": str(s["dropped"]),
             "bad_frames": str(self.bad_frames),
             "kept_queries": str(self.last_kept),
-            "prompts": str(len(self.prompt_state.prompts)),
-            "mode": self.prompt_state.mode,
+            "prompts": str(len(prompts.prompts)),
+            "mode": prompts.mode,
             "visual_prompts": str(len(self.visual.prompts)),
             "last_prompt_error": self.last_prompt_error,
-            **self.budget.state(),
+            "image_topic": self._frame_topic(),
+            **budget.state(),
         }
         level = DiagnosticStatus.OK
         message = "running"
-        if self.budget.target_fps and s["frames"] > 10 and s["fps"] < 0.9 * self.budget.target_fps:
+        if budget.target_fps and s["frames"] > 10 and s["fps"] < 0.9 * budget.target_fps:
             level, message = DiagnosticStatus.WARN, "below target_fps at the fastest setting"
-            if self.budget.index < len(self.budget.levels) - 1:
+            if budget.index < len(budget.levels) - 1:
                 message = "below target_fps; the budget is adjusting"
         if self.last_error:
             level, message = DiagnosticStatus.WARN, f"last bad frame: {self.last_error[:120]}"
@@ -363,31 +603,63 @@ class SegmentationNode(Node):
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         diag = DiagnosticArray(status=[status])
         diag.header.stamp = self.get_clock().now().to_msg()
-        self.pub_diag.publish(diag)
+        self._pubs["diagnostics"].publish(diag)
 
-    def destroy_node(self) -> None:
-        self.worker.close()
-        super().destroy_node()
+
+class _Interrupted(BaseException):
+    """SIGINT/SIGTERM while the model loads: leave the (long) configure at once."""
 
 
 def run(args: list[str] | None = None) -> int:
-    """Spin the node until shutdown (``args`` may hold ``--ros-args ...``)."""
-    from rclpy.executors import ExternalShutdownException
+    """Run the node until SIGINT or SIGTERM (``args`` may hold ``--ros-args ...``).
 
-    rclpy.init(args=args)
-    node = None
+    The node installs its own signal handlers instead of rclpy's: a signal only asks the spin
+    loop to stop, so the worker finishes its frame and stops while the ROS context is still
+    valid, and a second signal during that teardown is ignored rather than aborting it.
+    Exit code 0 on a signal; 2 for a configuration error (the message names it)."""
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    node: SegmentationNode | None = None
+
+    def on_signal(signum: int, frame: Any) -> None:
+        first = not stop.is_set()
+        stop.set()
+        if first and node is not None and node.configuring:
+            raise _Interrupted
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    executor = SingleThreadedExecutor()
     try:
         try:
             node = SegmentationNode()
-        except (ValueError, FileNotFoundError) as exc:  # configuration: no traceback
+        except ValueError as exc:  # configuration: a message, no traceback
             print(f"mobius_ros: {exc}", flush=True)
             return 2
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        executor.add_node(node)
+        if node.p.autostart and not stop.is_set():
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                print(f"mobius_ros: {getattr(node, 'config_error', 'configure failed')}",
+                      flush=True)  # fmt: skip
+                return 2
+            if not stop.is_set():
+                node.trigger_activate()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except (_Interrupted, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        try:
+            if node is not None:
+                node.release()  # the worker stops before the context goes away
+                executor.remove_node(node)
+                node.destroy_node()
+            executor.shutdown()
+            if rclpy.ok():
+                rclpy.shutdown()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return 0

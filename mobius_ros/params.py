@@ -1,5 +1,8 @@
-"""Node parameters: one dataclass with defaults, validation and the run-time rules.
+"""Node parameters: one table of defaults, descriptions, ranges and run-time rules.
 
+:data:`SPECS` is the single source: the node declares every ROS parameter from it (the
+description, ``FloatingPointRange``/``IntegerRange``, allowed values and ``read_only`` that
+``ros2 param describe`` shows), and :func:`check` validates values against the same entries.
 ``config/segment.yaml`` holds the same defaults in ROS's parameter-file format; a test checks
 the two agree. Unknown keys in a parameter file are errors that name the nearest known key.
 """
@@ -7,12 +10,18 @@ the two agree. Unknown keys in a parameter file are errors that name the nearest
 from __future__ import annotations
 
 import difflib
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 MODES = ("category", "agnostic", "referring")
+TRANSPORTS = ("raw", "compressed")
+# Parameters every rclpy node declares itself; a `ros2 param dump` file holds them.
+ROS_BUILTIN = ("use_sim_time", "start_type_description_service")
+ROS_BUILTIN_PREFIXES = ("qos_overrides.",)
 
 
 @dataclass
@@ -24,6 +33,8 @@ class NodeParams:
     embeddings: str = ""  # cached prompt embeddings (.npz from `mobius embed`)
     input_size: int = 0  # short side of the network input; 0 = the model's default
     threads: int = 0  # onnxruntime intra-op threads; 0 = its default
+    autostart: bool = True  # configure and activate at start (lifecycle)
+    transport: str = "raw"  # raw: `image`; compressed: `<image>/compressed`
     prompts: list[str] = field(
         default_factory=lambda: ["red circle", "blue square", "yellow triangle", "green star"]
     )
@@ -58,16 +69,178 @@ class NodeParams:
         return asdict(self)
 
 
-# Parameters a running node cannot change (they choose and load the model).
-RESTART_ONLY = frozenset(
-    {"backend", "model", "config", "text_model", "embeddings", "input_size", "threads",
-     "max_prompts", "max_prompt_chars", "visual_prompts"}
-)  # fmt: skip
 NAMES = tuple(f.name for f in fields(NodeParams))
 
 
-def _kind(name: str) -> type:
+@dataclass(frozen=True)
+class Spec:
+    """What one parameter means and which values it takes.
+
+    ``lo``/``hi``: inclusive bounds of a number (of each element of a number list), the ROS
+    range; ``lo_open``/``hi_open`` exclude that bound (ROS ranges are inclusive, so the
+    exclusion is a further constraint). ``choices``: the allowed strings. ``rule``: a further
+    check (value -> True when fine) and ``rule_text`` says it in words. ``read_only``: it
+    chooses the model; a running node cannot change it."""
+
+    description: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[str, ...] = ()
+    rule: Callable[[Any], bool] | None = None
+    rule_text: str = ""
+    read_only: bool = False
+
+    def constraints(self) -> str:
+        """The limits in words (ROS ``additional_constraints``)."""
+        parts = []
+        if self.choices:
+            parts.append(f"one of: {', '.join(self.choices)}")
+        if self.lo is not None and self.hi is not None:
+            a, b = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            parts.append(f"in {a}{self.lo:g}, {self.hi:g}{b}")
+        if self.rule_text:
+            parts.append(self.rule_text)
+        if self.read_only:
+            parts.append("read-only: chooses the model (set it at start)")
+        return "; ".join(parts)
+
+
+def _pair(v: list, ordered: Callable[[Any, Any], bool]) -> bool:
+    return len(v) == 2 and ordered(v[0], v[1])
+
+
+SPECS: dict[str, Spec] = {
+    "backend": Spec("inference backend", choices=BACKENDS, read_only=True),
+    "model": Spec(
+        "model file: '' = the shipped model (exported to ONNX once and cached), or "
+        "a .onnx graph, a TensorRT engine, or a .pt checkpoint (torch)",
+        read_only=True,
+    ),
+    "config": Spec(
+        "model config name; '' = the one recorded in the exported graph, else shapes_tiny",
+        read_only=True,
+    ),
+    "text_model": Spec(
+        "ONNX text encoder from `mobius export --text-encoder` (torch-free "
+        "node); '' = the config's encoder in torch",
+        read_only=True,
+    ),
+    "embeddings": Spec(
+        "fixed prompt embeddings from `mobius embed` (.npz); prompts must be among them",
+        read_only=True,
+    ),
+    "input_size": Spec(
+        "network input short side in pixels; 0 = the model's default",
+        0,
+        4096,
+        rule=lambda v: v == 0 or v >= 32,
+        rule_text="0 (automatic) or >= 32",
+        read_only=True,
+    ),
+    "threads": Spec("onnxruntime intra-op threads; 0 = its default", 0, 256, read_only=True),
+    "autostart": Spec(
+        "configure and activate at start; false: wait for `ros2 lifecycle set`", read_only=True
+    ),
+    "transport": Spec(
+        "image transport to subscribe: raw = `image`, compressed = "
+        "`<image>/compressed` (image_transport naming)",
+        choices=TRANSPORTS,
+    ),
+    "prompts": Spec(
+        "what to look for (also changed by the set_prompts service)",
+        rule=lambda v: all(isinstance(p, str) for p in v),
+        rule_text="a list of strings",
+    ),
+    "mode": Spec("how prompts are read", choices=MODES),
+    "score_threshold": Spec("instances need a score above this", 0.0, 1.0, hi_open=True),
+    "max_instances": Spec("at most this many instances per frame", 1, 1000),
+    "max_prompts": Spec("most prompts set_prompts accepts", 1, 4096, read_only=True),
+    "max_prompt_chars": Spec("longest prompt set_prompts accepts", 1, 4096, read_only=True),
+    "pruning": Spec("the model's default query pruning while target_fps is 0"),
+    "target_fps": Spec(
+        "frame-rate budget; 0 = off. The node prunes queries and, if needed, "
+        "shrinks the input to hold it, and starts frames no faster",
+        0.0,
+        1000.0,
+    ),
+    "budget_sizes": Spec(
+        "input sizes the budget may use; [] = input_size down to budget_min_size in steps of 32",
+        32,
+        4096,
+        read_only=True,
+    ),
+    "budget_min_size": Spec(
+        "smallest automatic budget input size; 0 = half the input size",
+        0,
+        4096,
+        rule=lambda v: v == 0 or v >= 32,
+        rule_text="0 (automatic) or >= 32",
+        read_only=True,
+    ),
+    "prune_low_range": Spec(
+        "[loosest, tightest] b_low of the sigmoid pruning schedule",
+        0.0,
+        1.0,
+        rule=lambda v: _pair(v, lambda a, b: a <= b),
+        rule_text="[loosest, tightest] with loosest <= tightest",
+    ),
+    "prune_high_range": Spec(
+        "[loosest, tightest] b_high of the pruning schedule",
+        0.0,
+        1.0,
+        rule=lambda v: _pair(v, lambda a, b: a <= b),
+        rule_text="[loosest, tightest] with loosest <= tightest",
+    ),
+    "min_keep_range": Spec(
+        "[loosest, tightest] queries always kept",
+        1,
+        10_000,
+        rule=lambda v: _pair(v, lambda a, b: a >= b),
+        rule_text="[loosest, tightest] with loosest >= tightest",
+    ),
+    "prune_steps": Spec("pruning settings per input size in the budget ladder", 1, 20),
+    "tracking": Spec("instance ids persist across frames (mask IoU + label association)"),
+    "track_iou_gate": Spec(
+        "least mask IoU between a detection and a track's predicted mask", 0.0, 1.0, lo_open=True
+    ),
+    "track_max_age": Spec("frames an unseen (missed, hidden) object keeps its id", 0, 10_000),
+    "visual_prompts": Spec(
+        "point/box prompts where the model has a trained visual prompter", read_only=True
+    ),
+    "max_visual_prompts": Spec("active point/box prompts; a new click drops the oldest", 1, 256),
+    "click_max_age": Spec(
+        "seconds a click may be older than the latest image", 0.0, 3600.0, lo_open=True
+    ),
+    "follow_visual": Spec("a point/box prompt follows the object it selected frame to frame"),
+    "publish_overlay": Spec(
+        "rgb8 image with masks, boxes and labels (drawn only while subscribed)"
+    ),
+    "publish_instance_mask": Spec("mono16 label image, pixel = instance id"),
+    "publish_markers": Spec("visualization_msgs/MarkerArray in the image frame"),
+    "publish_detections": Spec("vision_msgs/Detection2DArray (where vision_msgs is installed)"),
+    "marker_scale": Spec("metres per pixel for markers", 0.0, 1000.0, lo_open=True),
+    "diagnostics_period": Spec("seconds between /diagnostics messages", 0.05, 60.0),
+}
+# Parameters a running node cannot change (they choose and load the model).
+RESTART_ONLY = frozenset(n for n, s in SPECS.items() if s.read_only)
+
+
+def kind(name: str) -> type:
+    """The Python type of a parameter (bool, int, float, str or list)."""
     return type(getattr(NodeParams(), name))
+
+
+def element_kind(name: str) -> type | None:
+    """The element type of a list parameter (None for other parameters)."""
+    return {"prompts": str, "budget_sizes": int, "prune_low_range": float,
+            "prune_high_range": float, "min_keep_range": int}.get(name)  # fmt: skip
+
+
+def is_ros_builtin(name: str) -> bool:
+    """A parameter rclpy declares on every node (use_sim_time, qos_overrides.*, ...)."""
+    return name in ROS_BUILTIN or name.startswith(ROS_BUILTIN_PREFIXES)
 
 
 def unknown_key_error(name: str) -> str:
@@ -76,90 +249,65 @@ def unknown_key_error(name: str) -> str:
     return f"unknown parameter {name!r}{hint}"
 
 
-def check(name: str, value: Any, current: NodeParams | None = None) -> Any:
+def _number(name: str, v: Any, integer: bool, what: str) -> float | int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and isinstance(v, float)):
+        raise ValueError(f"{name} {what} must be {'an integer' if integer else 'a number'}, "
+                         f"got {v!r}")  # fmt: skip
+    if not integer:
+        v = float(v)
+        if math.isnan(v):
+            raise ValueError(f"{name} must not be NaN")
+    return v
+
+
+def check(name: str, value: Any) -> Any:
     """The value converted to the parameter's type; ValueError naming the limit otherwise."""
     if name not in NAMES:
         raise ValueError(unknown_key_error(name))
-    kind = _kind(name)
-    if kind is bool:
+    k = kind(name)
+    if k is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false, got {value!r}")
-    elif kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a number, got {value!r}")
-        value = float(value)
-        if value != value:
-            raise ValueError(f"{name} must not be NaN")
-    elif kind is str:
+    elif k in (int, float):
+        value = _number(name, value, k is int, "")
+    elif k is str:
         if not isinstance(value, str):
             raise ValueError(f"{name} must be a string, got {value!r}")
-    elif kind is list:
+    elif k is list:
+        if value is None:  # a ROS parameter file's `[]` arrives as "not set"
+            value = []
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{name} must be a list, got {value!r}")
         value = list(value)
-    _check_range(name, value, current)
+        ek = element_kind(name)
+        if ek in (int, float):
+            value = [_number(name, x, ek is int, "elements") for x in value]
+    _check_spec(name, value, SPECS[name])
     return value
 
 
-def _check_range(name: str, v: Any, current: NodeParams | None) -> None:
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            raise ValueError(f"{name}={v!r}: {what}")
+def _check_spec(name: str, v: Any, spec: Spec) -> None:
+    def fail() -> None:
+        raise ValueError(f"{name}={v!r}: must be {spec.constraints().split('; read-only')[0]}")
 
-    if name == "backend":
-        need(v in BACKENDS, f"use one of {', '.join(BACKENDS)}")
-    elif name == "mode":
-        need(v in MODES, f"use one of {', '.join(MODES)}")
-    elif name == "score_threshold":
-        need(0.0 <= v < 1.0, "must be in [0, 1)")
-    elif name == "max_instances":
-        need(1 <= v <= 1000, "must be in 1..1000")
-    elif name in ("max_prompts", "max_prompt_chars"):
-        need(1 <= v <= 4096, "must be in 1..4096")
-    elif name == "target_fps":
-        need(0.0 <= v <= 1000.0, "must be in [0, 1000] (0 turns the budget off)")
-    elif name in ("input_size", "budget_min_size"):
-        need(v == 0 or 32 <= v <= 4096, "must be 0 (automatic) or in 32..4096")
-    elif name == "threads":
-        need(0 <= v <= 256, "must be in 0..256")
-    elif name == "budget_sizes":
-        need(all(isinstance(s, int) and 32 <= s <= 4096 for s in v), "sizes must be 32..4096")
-    elif name in ("prune_low_range", "prune_high_range"):
-        need(
-            len(v) == 2 and all(isinstance(x, (int, float)) for x in v) and 0 <= v[0] <= v[1] <= 1,
-            "give [loosest, tightest] with 0 <= loosest <= tightest <= 1",
-        )
-    elif name == "min_keep_range":
-        need(
-            len(v) == 2 and all(isinstance(x, int) and x >= 1 for x in v) and v[0] >= v[1],
-            "give [loosest, tightest] with loosest >= tightest >= 1",
-        )
-    elif name == "prune_steps":
-        need(1 <= v <= 20, "must be in 1..20")
-    elif name == "track_iou_gate":
-        need(0.0 < v <= 1.0, "must be in (0, 1]")
-    elif name == "track_max_age":
-        need(0 <= v <= 10_000, "must be in 0..10000 frames")
-    elif name == "max_visual_prompts":
-        need(1 <= v <= 256, "must be in 1..256")
-    elif name == "click_max_age":
-        need(0 < v <= 3600, "must be in (0, 3600] seconds")
-    elif name == "marker_scale":
-        need(v > 0, "must be > 0")
-    elif name == "diagnostics_period":
-        need(0.05 <= v <= 60, "must be in [0.05, 60] seconds")
-    elif name == "prompts":
-        need(all(isinstance(p, str) for p in v), "must be a list of strings")
+    if spec.choices and v not in spec.choices:
+        fail()
+    if spec.lo is not None:
+        for x in v if isinstance(v, list) else [v]:
+            if not (spec.lo < x if spec.lo_open else spec.lo <= x):
+                fail()
+            if not (x < spec.hi if spec.hi_open else x <= spec.hi):
+                fail()
+    if spec.rule is not None and not spec.rule(v):
+        fail()
 
 
 def from_mapping(values: dict[str, Any]) -> NodeParams:
     """NodeParams from a flat mapping (unknown keys and bad values raise ValueError)."""
     p = NodeParams()
     for name, value in values.items():
-        setattr(p, name, check(name, value))
+        if not is_ros_builtin(name):
+            setattr(p, name, check(name, value))
     return p
 
 
@@ -177,6 +325,7 @@ def load_params_file(path: str | Path) -> dict[str, Any]:
     section = next(iter(doc.values()))
     if not isinstance(section, dict) or "ros__parameters" not in section:
         raise ValueError(f"{path}: the node section has no ros__parameters key")
-    values = section["ros__parameters"] or {}
+    values = {k: v for k, v in (section["ros__parameters"] or {}).items()
+              if not is_ros_builtin(k) and k != "qos_overrides"}  # fmt: skip
     from_mapping(values)
     return values

@@ -146,3 +146,66 @@ def test_instance_fields_encode_masks_as_coco_rle():
         label_image(Instances(*(np.zeros((0,) + s) for s in ((), (), (4,), (6, 8)))), (6, 8)).sum()
         == 0
     )
+
+
+class _FakeCvBridgeModule:
+    """A stand-in for the ``cv_bridge`` package with its real API: ``CvBridge().
+    imgmsg_to_cv2(img_msg, desired_encoding='passthrough')`` returns an array and raises
+    ``CvBridgeError`` for encodings it cannot convert. It converts yuv422 (UYVY) to rgb8
+    as cv_bridge does through OpenCV's COLOR_YUV2RGB_UYVY."""
+
+    class CvBridgeError(TypeError):
+        pass
+
+    def __init__(self):
+        self.calls = []
+        module = self
+
+        class CvBridge:
+            def imgmsg_to_cv2(self, img_msg, desired_encoding="passthrough"):
+                module.calls.append((img_msg.encoding, desired_encoding))
+                if img_msg.encoding != "yuv422":
+                    raise module.CvBridgeError(f"[{img_msg.encoding}] is not a color format")
+                uyvy = np.frombuffer(bytes(img_msg.data), np.uint8).reshape(
+                    img_msg.height, img_msg.width // 2, 4).astype(np.float32)  # fmt: skip
+                u, y0, v, y1 = (uyvy[..., i] for i in range(4))
+                y = np.stack([y0, y1], -1).reshape(img_msg.height, img_msg.width)
+                u = np.repeat(u, 2, 1) - 128
+                v = np.repeat(v, 2, 1) - 128
+                rgb = np.stack([y + 1.402 * v, y - 0.344 * u - 0.714 * v, y + 1.772 * u], -1)
+                return np.clip(rgb, 0, 255).astype(np.uint8)
+
+        self.CvBridge = CvBridge
+
+
+class _Msg:
+    def __init__(self, encoding, height, width, data, step=None):
+        self.encoding, self.height, self.width, self.data = encoding, height, width, data
+        self.step = step if step is not None else len(data) // max(height, 1)
+
+
+def test_other_encodings_go_through_cv_bridge_or_name_it(monkeypatch):
+    import sys
+
+    from mobius_ros.conversions import ImageError, image_msg_to_rgb
+
+    grey = np.full((4, 6, 2), 128, np.uint8)
+    grey[..., 1] = 90  # UYVY: U=V=128 (no colour), Y=90
+    msg = _Msg("yuv422", 4, 6, grey.tobytes())
+    monkeypatch.setitem(sys.modules, "cv_bridge", None)  # not installed
+    with pytest.raises(ImageError, match="needs cv_bridge"):
+        image_msg_to_rgb(msg)
+    fake = _FakeCvBridgeModule()
+    monkeypatch.setitem(sys.modules, "cv_bridge", fake)
+    rgb = image_msg_to_rgb(msg)
+    assert rgb.shape == (4, 6, 3) and rgb.dtype == np.uint8 and np.all(rgb == 90)
+    assert fake.calls == [("yuv422", "rgb8")]
+    with pytest.raises(ImageError, match=r"cv_bridge cannot convert .*'bayer_rggb16'"):
+        image_msg_to_rgb(_Msg("bayer_rggb16", 4, 6, bytes(48)))
+    # the fast path and the depth refusal never reach cv_bridge
+    assert image_msg_to_rgb(_Msg("rgb8", 2, 2, bytes(12))).shape == (2, 2, 3)
+    with pytest.raises(ImageError, match="depth"):
+        image_msg_to_rgb(_Msg("16UC1", 2, 2, bytes(8)))
+    with pytest.raises(ImageError, match="larger than"):
+        image_msg_to_rgb(_Msg("yuv422", 10_000, 10_000, b""))
+    assert len(fake.calls) == 2

@@ -166,8 +166,20 @@ def test_compressed_images_are_segmented(ros):
 
     buf = io.BytesIO()
     Image.fromarray(ros.frames[0]).save(buf, format="PNG")
-    out = ros.send(ros.compressed("png", buf.getvalue()))
-    assert out is not None and len(out.instances) >= 1
+    # raw transport (the default): the compressed topic is not subscribed
+    assert ros.send(ros.compressed("png", buf.getvalue()), timeout=2.0) is None
+    assert ros.set_param("transport", "compressed").successful
+    try:
+        ros.spin(0.5)  # the new subscription matches
+        assert ros.send(ros.image(ros.frames[0]), timeout=2.0) is None  # raw is off now
+        out = ros.send(ros.compressed("png", buf.getvalue()))
+        assert out is not None and len(out.instances) >= 1
+        assert ros.diagnostics()["image_topic"] == "/image/compressed"
+        assert not ros.set_param("transport", "theora").successful
+    finally:
+        assert ros.set_param("transport", "raw").successful
+    ros.spin(0.5)
+    assert ros.send(ros.image(ros.frames[0])) is not None
 
 
 def test_parameters_are_validated_at_run_time(ros):
@@ -177,7 +189,7 @@ def test_parameters_are_validated_at_run_time(ros):
     assert all(i.score > 0.9 for i in out.instances)
     assert ros.set_param("score_threshold", 0.2).successful
     r = ros.set_param("backend", "torch")
-    assert not r.successful and "restart" in r.reason
+    assert not r.successful and "read-only" in r.reason
     r = ros.set_param("target_fps", -3.0)
     assert not r.successful and "target_fps" in r.reason
     r = ros.set_param("prompts", ["a", "a"])
@@ -306,3 +318,45 @@ def test_a_click_segments_the_object_under_it_and_follows_it(ros):
     out = ros.send(ros.image(image))
     assert list(out.prompts) == PROMPTS
     assert not ros.set_prompts([], "").success  # nothing asked: the text prompts stay
+
+
+def test_label_info_and_detections_follow_vision_msgs_conventions(ros):
+    try:
+        from vision_msgs.msg import Detection2DArray, LabelInfo
+    except ImportError:
+        pytest.skip("vision_msgs is not built here (../shared/ros-extras/install.sh .venv)")
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                         reliability=ReliabilityPolicy.RELIABLE)  # fmt: skip
+    infos, dets = [], {}
+    subs = [
+        ros.node.create_subscription(LabelInfo, "label_info", infos.append, latched),
+        ros.node.create_subscription(Detection2DArray, "detections",
+                                     lambda m: dets.__setitem__(m.header.stamp.sec, m), 10),
+    ]  # fmt: skip
+    try:
+        assert ros.spin(10, lambda: bool(infos)), "no latched LabelInfo for a late subscriber"
+        assert [(c.class_id, c.class_name) for c in infos[-1].class_map] == list(
+            enumerate(PROMPTS))  # fmt: skip
+        msg = ros.image(ros.frames[0])
+        out = ros.send(msg)
+        ros.spin(3, lambda: msg.header.stamp.sec in dets)
+        det = dets[msg.header.stamp.sec]
+        assert [(d.id, d.results[0].hypothesis.class_id) for d in det.detections] == [
+            (str(i.id), i.label) for i in out.instances]  # fmt: skip
+        new = ["purple hexagon", "black cross"]
+        assert ros.set_prompts(new).success
+        names = lambda: [c.class_name for c in infos[-1].class_map]  # noqa: E731
+        assert ros.spin(5, lambda: names() == new), names()
+    finally:
+        for sub in subs:
+            ros.node.destroy_subscription(sub)
+        assert ros.set_prompts(PROMPTS, "category").success
+
+
+def test_use_sim_time_is_accepted_at_run_time(ros):
+    assert ros.set_param("use_sim_time", True).successful
+    assert ros.set_param("use_sim_time", False).successful
+    r = ros.set_param("budget_sizes", [320, 256])
+    assert not r.successful and "read-only" in r.reason

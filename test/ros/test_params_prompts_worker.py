@@ -137,3 +137,37 @@ def test_worker_min_period_throttles_the_start_rate():
     gaps = np.diff(starts)
     assert len(starts) >= 5 and gaps.min() >= 0.045
     assert len(starts) <= 14  # at most ~0.6 s / 0.05 s, however fast frames come
+
+
+def test_one_table_describes_and_checks_every_parameter():
+    assert set(P.SPECS) == set(P.NAMES)
+    assert all(s.description for s in P.SPECS.values())
+    for name, spec in P.SPECS.items():  # every default passes its own checks
+        assert P.check(name, getattr(P.NodeParams(), name)) == getattr(P.NodeParams(), name)
+        if spec.lo is not None and P.kind(name) in (int, float):
+            with pytest.raises(ValueError, match=name):
+                P.check(name, P.kind(name)(spec.hi) + 1)
+        if spec.choices:
+            with pytest.raises(ValueError, match="one of"):
+                P.check(name, "nonsense")
+    assert P.check("budget_sizes", None) == []  # `[]` in a ROS parameter file reads as unset
+    assert P.check("prune_low_range", [0, 0.3]) == [0.0, 0.3]
+    for name, bad in [("budget_sizes", [320, 16]), ("budget_sizes", [2.5]),
+                      ("prune_high_range", [float("nan"), 0.5]), ("score_threshold", 1.0),
+                      ("track_iou_gate", 0.0), ("transport", "theora")]:  # fmt: skip
+        with pytest.raises(ValueError, match=name):
+            P.check(name, bad)
+    assert "in [0, 1)" in P.SPECS["score_threshold"].constraints()
+    assert P.RESTART_ONLY == {n for n, s in P.SPECS.items() if s.read_only}
+
+
+def test_a_ros2_param_dump_file_loads(tmp_path):
+    f = tmp_path / "dump.yaml"
+    f.write_text(
+        "/mobius:\n  ros__parameters:\n    budget_sizes: []\n    target_fps: 5.0\n"
+        "    use_sim_time: false\n    start_type_description_service: true\n"
+        "    qos_overrides:\n      /parameter_events:\n        publisher:\n          depth: 1000\n"
+    )
+    values = P.load_params_file(f)
+    assert values == {"budget_sizes": [], "target_fps": 5.0}
+    assert P.from_mapping(values).target_fps == 5.0
