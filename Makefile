@@ -19,7 +19,7 @@ VENV_ABS = $(abspath $(VENV))
 PEER       := .venv-peer
 PEER_STAMP := $(PEER)/.installed
 
-.PHONY: test lint install ros demo clean peer
+.PHONY: test lint install ros ros-extras demo clean peer
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 needed"' \
@@ -46,6 +46,17 @@ $(ROS_STAMP): $(STAMP) $(ROS_SRC)
 	@touch $@
 
 install: $(STAMP)
+
+# The real ROS 2 command line, launch, message_filters and vision_msgs from a ros-extras kit
+# (a folder with install.sh) into the venv, for the launch tests: make ros-extras ROS_EXTRAS=DIR
+EXTRAS_STAMP := $(VENV)/.ros-extras
+$(EXTRAS_STAMP): $(ROS_STAMP)
+	@test -n "$(ROS_EXTRAS)" && test -f "$(ROS_EXTRAS)/install.sh" \
+	  || { echo "make: set ROS_EXTRAS to a ros-extras kit (a folder with install.sh)"; exit 1; }
+	bash "$(ROS_EXTRAS)/install.sh" $(VENV)
+	@touch $@
+
+ros-extras: $(EXTRAS_STAMP)
 
 ros: $(ROS_STAMP)
 

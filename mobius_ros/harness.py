@@ -36,9 +36,13 @@ def ros2_cli() -> Path | None:
     """The real ``ros2`` command beside this interpreter (a ROS 2 install, or the venv after
     ros-extras), with ``launch_ros`` importable; None where they are missing."""
     import importlib.util
+    import shutil
 
     exe = Path(sys.prefix) / "bin" / "ros2"
-    if not exe.is_file() or importlib.util.find_spec("launch_ros") is None:
+    if not exe.is_file():
+        found = shutil.which("ros2")
+        exe = Path(found) if found else None
+    if exe is None or importlib.util.find_spec("launch_ros") is None:
         return None
     return exe
 

@@ -2,9 +2,9 @@
 mobius_ros segment.launch.py``, ``ros2 lifecycle``, ``ros2 service call``, ``ros2 param``
 and Ctrl-C (SIGINT to the launch's process group).
 
-Needs the ``ros2`` command line and ``launch_ros`` (every ROS 2 install; here
-``../shared/ros-extras/install.sh .venv``, which ``.ci/run`` runs where that kit exists);
-skips with the reason where they are missing. Two launches of the node in all, to keep the
+Needs the ``ros2`` command line and ``launch_ros`` (every ROS 2 install; in the venv
+``make ros-extras ROS_EXTRAS=<kit>``, see the README); skips with the reason where they are
+missing. Two launches of the node in all, to keep the
 suite's time bounded. Traffic stays on this machine (LOCALHOST discovery, own domain)."""
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ PROMPTS = ["red circle", "yellow triangle", "green star", "orange hexagon"]
 def _tools_or_skip():
     if ros2_cli() is None:
         pytest.skip(
-            "the ros2 command line or launch_ros is missing; on a ROS 2 install source it, "
-            "here run ../shared/ros-extras/install.sh .venv"
+            "the ros2 command line or launch_ros is missing: source a ROS 2 install "
+            "(ros-<distro>-ros-base) or see the README, 'The real ROS 2 tools'"
         )
     os.environ.update(local_ros_env(DOMAIN))
     try:

@@ -68,7 +68,8 @@ def test_installed_executable_runs_the_node_entry_point():
 
 
 # Every third-party module that mobius_ros/ or mobius_core/ imports, and where it comes from:
-# ("ros", rosdep key in package.xml) or ("pip", distribution in requirements.txt), or
+# ("ros", rosdep key in package.xml) or ("pip", distribution in requirements.txt or, for
+# the ROS side, the Makefile's ROS_PKGS), or
 # ("optional", what the README says about it). A new import fails the test until it is
 # classified here and declared there.
 IMPORT_SOURCES = {
@@ -124,7 +125,10 @@ def _third_party_imports() -> dict[str, set[str]]:
 def test_package_xml_declares_what_the_code_imports():
     pkg = ET.parse(ROOT / "package.xml").getroot()
     declared = {e.text for tag in ("depend", "exec_depend") for e in pkg.iter(tag)}
+    # pip-only libraries: requirements.txt (mobius_core) or the Makefile's ROS_PKGS (the
+    # ROS side's pip packages, installed with the ROS 2 wheels)
     requirements = (ROOT / "requirements.txt").read_text().lower()
+    requirements += (ROOT / "Makefile").read_text().split("ROS_PKGS :=")[1].split("\n\n")[0]
     readme = (ROOT / "README.md").read_text()
     imports = _third_party_imports()
     unknown = {m: sorted(f) for m, f in imports.items() if m not in IMPORT_SOURCES}
@@ -134,7 +138,7 @@ def test_package_xml_declares_what_the_code_imports():
         if source == "ros":
             assert key in declared, f"package.xml lacks <exec_depend>{key}</exec_depend>"
         elif source == "pip":
-            assert key.lower() in requirements, f"requirements.txt lacks {key}"
+            assert key.lower() in requirements, f"requirements.txt (or ROS_PKGS) lacks {key}"
             assert f"`{key}`" in readme, f"README's dependency list lacks the pip-only {key}"
         else:
             assert f"`{key}`" in readme, f"README does not say where {key} comes from"
