@@ -107,8 +107,18 @@ class Spec:
         return "; ".join(parts)
 
 
-def _pair(v: list, ordered: Callable[[Any, Any], bool]) -> bool:
-    return len(v) == 2 and ordered(v[0], v[1])
+def _size_or_auto(what: str) -> Spec:
+    """An image size in pixels that the model chooses when 0 (set at start)."""
+    return Spec(what, 0, 4096, rule=lambda v: v == 0 or v >= 32,
+                rule_text="0 (automatic) or >= 32", read_only=True)  # fmt: skip
+
+
+def _ordered_pair(what: str, lo: float, hi: float, order: str) -> Spec:
+    """A [loosest, tightest] pair of numbers in [lo, hi] with loosest ``order`` tightest."""
+    ok = (lambda a, b: a <= b) if order == "<=" else (lambda a, b: a >= b)
+    return Spec(f"[loosest, tightest] {what}", lo, hi,
+                rule=lambda v: len(v) == 2 and ok(v[0], v[1]),
+                rule_text=f"[loosest, tightest] with loosest {order} tightest")  # fmt: skip
 
 
 SPECS: dict[str, Spec] = {
@@ -131,14 +141,7 @@ SPECS: dict[str, Spec] = {
         "fixed prompt embeddings from `mobius embed` (.npz); prompts must be among them",
         read_only=True,
     ),
-    "input_size": Spec(
-        "network input short side in pixels; 0 = the model's default",
-        0,
-        4096,
-        rule=lambda v: v == 0 or v >= 32,
-        rule_text="0 (automatic) or >= 32",
-        read_only=True,
-    ),
+    "input_size": _size_or_auto("network input short side in pixels; 0 = the model's default"),
     "threads": Spec("onnxruntime intra-op threads; 0 = its default", 0, 256, read_only=True),
     "autostart": Spec(
         "configure and activate at start; false: wait for `ros2 lifecycle set`", read_only=True
@@ -171,35 +174,12 @@ SPECS: dict[str, Spec] = {
         4096,
         read_only=True,
     ),
-    "budget_min_size": Spec(
-        "smallest automatic budget input size; 0 = half the input size",
-        0,
-        4096,
-        rule=lambda v: v == 0 or v >= 32,
-        rule_text="0 (automatic) or >= 32",
-        read_only=True,
+    "budget_min_size": _size_or_auto(
+        "smallest automatic budget input size; 0 = half the input size"
     ),
-    "prune_low_range": Spec(
-        "[loosest, tightest] b_low of the sigmoid pruning schedule",
-        0.0,
-        1.0,
-        rule=lambda v: _pair(v, lambda a, b: a <= b),
-        rule_text="[loosest, tightest] with loosest <= tightest",
-    ),
-    "prune_high_range": Spec(
-        "[loosest, tightest] b_high of the pruning schedule",
-        0.0,
-        1.0,
-        rule=lambda v: _pair(v, lambda a, b: a <= b),
-        rule_text="[loosest, tightest] with loosest <= tightest",
-    ),
-    "min_keep_range": Spec(
-        "[loosest, tightest] queries always kept",
-        1,
-        10_000,
-        rule=lambda v: _pair(v, lambda a, b: a >= b),
-        rule_text="[loosest, tightest] with loosest >= tightest",
-    ),
+    "prune_low_range": _ordered_pair("b_low of the sigmoid pruning schedule", 0.0, 1.0, "<="),
+    "prune_high_range": _ordered_pair("b_high of the pruning schedule", 0.0, 1.0, "<="),
+    "min_keep_range": _ordered_pair("queries always kept", 1, 10_000, ">="),
     "prune_steps": Spec("pruning settings per input size in the budget ladder", 1, 20),
     "tracking": Spec("instance ids persist across frames (mask IoU + label association)"),
     "track_iou_gate": Spec(

@@ -9,6 +9,7 @@ suite's time bounded. Traffic stays on this machine (LOCALHOST discovery, own do
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -52,6 +53,26 @@ def _params_file(tmp_path, **values) -> str:
     return str(path)
 
 
+@contextlib.contextmanager
+def _launched(params_file: str, log):
+    """`ros2 launch` with ``params_file`` and image:=/image, active, and a client; both are
+    stopped on the way out."""
+    import rclpy
+
+    proc = launch_segment({"params_file": params_file, "image": "/image"}, DOMAIN, log)
+    rclpy.init()
+    client = Harness("mobius_launch_test")
+    try:
+        _wait_active(proc, log)
+        assert client.wait_for_node(60)
+        yield proc, client
+    finally:
+        client.close()
+        rclpy.shutdown()
+        if proc.poll() is None:
+            interrupt(proc)
+
+
 def _wait_active(proc, log) -> None:
     out = ros2_until(["lifecycle", "get", "/mobius"], DOMAIN,
                      lambda o: "active" in o or proc.poll() is not None, 240)  # fmt: skip
@@ -86,19 +107,11 @@ def _rate(client, frames, seconds: float) -> float:
 
 def test_launch_lifecycle_services_parameters_dump_and_ctrl_c(tmp_path):
     _tools_or_skip()
-    import rclpy
-
     from mobius_ros.camera import demo_frames
 
     log = tmp_path / "launch1.log"
-    params = _params_file(tmp_path)
-    proc = launch_segment({"params_file": params, "image": "/image"}, DOMAIN, log)
-    rclpy.init()
-    client = Harness("mobius_launch_test")
     frames = demo_frames(3, (240, 320))
-    try:
-        _wait_active(proc, log)
-        assert client.wait_for_node(60)
+    with _launched(_params_file(tmp_path), log) as (proc, client):
         # images in, instances out, from the node `ros2 launch` started
         out = client.send(client.image(frames[0]))
         assert out is not None and list(out.prompts) == PROMPTS and out.instances
@@ -142,37 +155,17 @@ def test_launch_lifecycle_services_parameters_dump_and_ctrl_c(tmp_path):
         # Ctrl-C on an idle node
         seconds = _clean_stop(proc, log)
         print(f"ros2 launch ended {seconds:.2f} s after SIGINT (idle)")
-    finally:
-        client.close()
-        rclpy.shutdown()
-        if proc.poll() is None:
-            interrupt(proc)
 
     # the dump relaunches unchanged; launch arguments left out do not override the file
     log2 = tmp_path / "launch2.log"
-    proc = launch_segment({"params_file": str(tmp_path / "dump.yaml"), "image": "/image"},
-                          DOMAIN, log2)  # fmt: skip
-    rclpy.init()
-    client = Harness("mobius_launch_test2")
-    try:
-        _wait_active(proc, log2)
+    with _launched(str(tmp_path / "dump.yaml"), log2) as (proc, client):
         assert _dump(tmp_path, "dump2.yaml") == dumped
-        assert client.wait_for_node(60)
         # Ctrl-C while frames flow: the frame in progress finishes, then a clean exit
-        start = time.monotonic()
-        i = 0
-        while time.monotonic() - start < 2.0:
-            client.pub.publish(client.image(frames[i % len(frames)]))
-            client.spin(1 / 15)
-            i += 1
+        client.instances.clear()
+        client.stream(frames, 15.0, 2.0, drain=0.0)
         assert client.instances, log2.read_text()[-2000:]
         seconds = _clean_stop(proc, log2)
         print(f"ros2 launch ended {seconds:.2f} s after SIGINT (busy)")
-    finally:
-        client.close()
-        rclpy.shutdown()
-        if proc.poll() is None:
-            interrupt(proc)
 
 
 def test_a_signal_while_the_model_loads_ends_the_node_at_once(tmp_path):

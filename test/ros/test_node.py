@@ -324,7 +324,9 @@ def test_label_info_and_detections_follow_vision_msgs_conventions(ros):
     try:
         from vision_msgs.msg import Detection2DArray, LabelInfo
     except ImportError:
-        pytest.skip("vision_msgs is not installed (ros-<distro>-vision-msgs; see README, ROS 2 tools)")
+        pytest.skip(
+            "vision_msgs is not installed (ros-<distro>-vision-msgs; see README, ROS 2 tools)"
+        )
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
     latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
