@@ -93,3 +93,30 @@ def test_bad_start_up_values_name_the_parameter(rclpy_ctx, tmp_path, body, words
             declare_node_parameters(node)
     finally:
         node.destroy_node()
+
+
+def test_an_unconfigured_node_resolves_its_topic_and_answers_why(rclpy_ctx):
+    """Before configure (autostart false, as a lifecycle manager starts it): the image topic
+    follows `-r image:=...` for both transports, set_prompts says the node is not
+    configured, and parameter changes are checked without a model."""
+    from mobius_ros.srv import SetPrompts
+    from rclpy.parameter import Parameter
+
+    from mobius_ros.node import SegmentationNode
+
+    ctx = rclpy_ctx(["-r", "image:=/cam/x", "-p", "transport:=compressed", "-p",
+                     "autostart:=false"])  # fmt: skip
+    node = SegmentationNode(context=ctx)
+    try:
+        assert node.model is None and node._frame_topic() == "/cam/x/compressed"
+        node.p.transport = "raw"
+        assert node._frame_topic() == "/cam/x"
+        reply = node._on_set_prompts(SetPrompts.Request(prompts=["mug"]), SetPrompts.Response())
+        assert not reply.success and "not configured" in reply.message
+        bad = node.set_parameters([Parameter("prompts", value=["a", "a"])])[0]
+        assert not bad.successful and "duplicate" in bad.reason
+        ok = node.set_parameters([Parameter("prompts", value=["mug", "cup"])])[0]
+        assert ok.successful and node.p.prompts == ["mug", "cup"]
+        assert node.set_parameters([Parameter("use_sim_time", value=True)])[0].successful
+    finally:
+        node.destroy_node()

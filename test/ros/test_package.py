@@ -163,3 +163,23 @@ def test_cmake_registers_the_tests_for_colcon_test(tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     listed = subprocess.run(["ctest", "-N"], cwd=build, capture_output=True, text=True)
     assert "mobius_ros_pytest" in listed.stdout, listed.stdout
+
+
+def test_installed_console_commands_run_outside_the_source_tree(tmp_path):
+    """The console scripts pip installed, run from another folder: no source tree on the
+    path, so a module or data file that only the checkout has fails here."""
+    import subprocess
+
+    bin_dir = Path(sys.prefix) / "bin"
+    if not (bin_dir / "mobius-ros").is_file():
+        pytest.skip(f"{bin_dir / 'mobius-ros'} is not installed; run `make install`")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+    r = subprocess.run([str(bin_dir / "mobius-ros"), "make-bag", "--frames", "2", "--size",
+                        "48", "64", "--out", str(tmp_path / "bag")], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "bag" / "gt.json").is_file()
+    r = subprocess.run([str(bin_dir / "mobius"), "--help"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0 and "mobius" in r.stdout, r.stdout + r.stderr
