@@ -255,26 +255,59 @@ def cached_export(
 
     The file name holds the config name, a hash of the checkpoint, the config and
     ``GRAPH_VERSION``, the size and the H/W mode, so a changed checkpoint, config or graph
-    gets a new export and an unchanged one is never exported twice.
+    gets a new export and an unchanged one is never exported twice. The cache folder is
+    ``cache_dir``, else ``$MOBIUS_CACHE/onnx`` (default ``~/.cache/mobius/onnx``). Beside the
+    file, ``<file>.json`` records its size and SHA-256 (``mobius_core.cache``): a damaged or
+    stale file is exported again with one warning, and one from an older version without
+    that record is kept if it loads.
     """
     import hashlib
-    import os
 
-    from ..build import build_model
-    from ..training.checkpoint import load_checkpoint, load_model_weights
+    from ..cache import Damaged, cache_root, ensure_entry
 
     checkpoint = Path(checkpoint)
     key = hashlib.sha256(checkpoint.read_bytes())
     graph = [GRAPH_VERSION, cfg.name, config_metadata(cfg), cfg.model.pruning.context]
     key.update(json.dumps(graph, sort_keys=True).encode())
     digest = key.hexdigest()[:12]
-    root = Path(cache_dir or os.environ.get("MOBIUS_CACHE", Path.home() / ".cache" / "mobius"))
+    root = Path(cache_dir) if cache_dir else cache_root()
     hw = "dyn" if dynamic_hw else "fixed"
     kind = "-visual" if visual else ""
     path = root / "onnx" / f"{cfg.name}-{digest}-{size}-{hw}{kind}.onnx"
-    if path.is_file():
-        return path
+
+    def make() -> list[Path]:
+        return [_export_checkpoint(cfg, checkpoint, path, size, dynamic_hw, visual)]
+
+    def adopt() -> list[Path] | None:
+        if not path.exists():
+            return None
+        try:
+            meta = io_spec.read_metadata(path)
+        except (ValueError, OSError) as exc:
+            raise Damaged(f"{path} is not a readable ONNX model") from exc
+        if io_spec.META_FORMAT not in meta:
+            raise Damaged(f"{path} is not an exported MOBIUS graph (no {io_spec.META_FORMAT})")
+        return [path]
+
+    where = "pass a writable cache_dir" if cache_dir else "set MOBIUS_CACHE to a writable folder"
+    fix = (
+        f"{where}, or (ROS node) set model:=<file.onnx> written by `mobius export {cfg.name} "
+        "--dynamic-hw --out model.onnx`"
+    )
+    ensure_entry(
+        path.with_name(path.name + ".json"), make, adopt, "cached ONNX export",
+        "exporting it again", fix,
+    )  # fmt: skip
+    return path
+
+
+def _export_checkpoint(
+    cfg: Any, checkpoint: Path, path: Path, size: int, dynamic_hw: bool, visual: bool
+) -> Path:
     import warnings
+
+    from ..build import build_model
+    from ..training.checkpoint import load_checkpoint, load_model_weights
 
     model = build_model(cfg)
     load_model_weights(model, load_checkpoint(checkpoint), f"{checkpoint} (config {cfg.name})")
