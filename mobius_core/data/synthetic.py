@@ -645,8 +645,9 @@ def write_split(
 
 def cache_root() -> Path:
     """Folder of generated splits: $MOBIUS_CACHE/synthetic or ~/.cache/mobius/synthetic."""
-    base = os.environ.get("MOBIUS_CACHE") or Path.home() / ".cache" / "mobius"
-    return Path(base) / "synthetic"
+    from ..cache import cache_root as mobius_cache
+
+    return mobius_cache() / "synthetic"
 
 
 def cached_split(
@@ -659,19 +660,47 @@ def cached_split(
 ):
     """The split as a ``CocoDataset``, generated once into the cache and reused after.
 
-    A folder is used only once its ``complete`` marker exists, so an interrupted
-    generation is redone rather than read half-written.
+    The folder's ``complete`` file, written last, records the size and SHA-256 of every file
+    (``mobius_core.cache``): an interrupted generation is redone, a damaged file is
+    generated again with one warning, and a folder from an older version (whose ``complete``
+    holds no record) is kept if its files load.
     """
+    from ..cache import Damaged, ensure_entry
     from .coco import CocoDataset
 
     _check_split(split)
     folder = Path(root) if root is not None else cache_root()
     folder = folder / f"{split}-n{num_images}-s{seed}-{size[0]}x{size[1]}"
     marker = folder / "complete"
-    if not marker.is_file():
+    data = folder / split
+
+    def make() -> list[Path]:
         write_split(folder, split, num_images, seed, size, progress=progress)
-        atomic_write_bytes(marker, b"ok\n")
-    return CocoDataset(folder / split / "annotations.json", folder / split / "images")
+        return _split_files(data)
+
+    def adopt() -> list[Path] | None:
+        if not marker.is_file():
+            return None  # never finished: generated again, as it was never used
+        try:
+            files = _split_files(data)
+            for f in files[2:]:
+                with Image.open(f) as im:
+                    im.verify()
+        except Exception as exc:  # json, PIL and OS errors alike: the folder is damaged
+            raise Damaged(f"{data} cannot be read ({str(exc)[:200]})") from exc
+        return files
+
+    fix = "pass a writable root" if root is not None else "set MOBIUS_CACHE to a writable folder"
+    ensure_entry(marker, make, adopt, "cached synthetic split", "generating it again", fix)
+    return CocoDataset(data / "annotations.json", data / "images")
+
+
+def _split_files(data: Path) -> list[Path]:
+    """annotations.json, refs.json and the images annotations.json lists."""
+    ann, refs = data / "annotations.json", data / "refs.json"
+    json.loads(refs.read_bytes())
+    images = json.loads(ann.read_bytes())["images"]
+    return [ann, refs, *(data / "images" / r["file_name"] for r in images)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -251,3 +252,41 @@ def test_write_split_and_cli(tmp_path, capsys):
     for split in syn.SPLITS:
         assert len(list((tmp_path / "cli" / split / "images").glob("*.png"))) == 2
         assert (tmp_path / "cli" / split / "refs.json").is_file()
+
+
+def _split_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("damaged", ["annotations.json", "images/val_000002.png"])
+def test_damaged_cached_split_is_generated_again_with_one_warning(tmp_path, caplog, damaged):
+    ds = syn.cached_split("val", 3, seed=0, size=(64, 64), root=tmp_path)
+    folder = ds.ann_file.parent
+    path = folder / damaged
+    assert path.is_file(), "the test damages a file the split does not have"
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    other = folder / "refs.json"
+    other_inode = other.stat().st_ino
+    with caplog.at_level(logging.WARNING):
+        again = syn.cached_split("val", 3, seed=0, size=(64, 64), root=tmp_path)
+    (message,) = _split_warnings(caplog)
+    assert str(path) in message and "generating it again" in message
+    assert path.read_bytes() == good and len(again) == 3
+    assert other.stat().st_ino != other_inode  # the split was written again, whole
+    caplog.clear()
+    healed_inode = other.stat().st_ino
+    syn.cached_split("val", 3, seed=0, size=(64, 64), root=tmp_path)
+    assert not _split_warnings(caplog) and other.stat().st_ino == healed_inode  # reused
+
+
+def test_cached_split_from_an_older_version_is_kept_if_it_loads(tmp_path, caplog):
+    ds = syn.cached_split("val", 3, seed=0, size=(64, 64), root=tmp_path)
+    marker = ds.ann_file.parents[1] / "complete"
+    marker.write_bytes(b"ok\n")  # what older versions wrote
+    inode = ds.ann_file.stat().st_ino
+    with caplog.at_level(logging.WARNING):
+        syn.cached_split("val", 3, seed=0, size=(64, 64), root=tmp_path)
+    assert not _split_warnings(caplog) and ds.ann_file.stat().st_ino == inode
+    files = json.loads(marker.read_text())["files"]  # recorded now
+    assert len(files) == 5 and files["val/annotations.json"]["size"] == ds.ann_file.stat().st_size
