@@ -10,6 +10,7 @@ published into an output bag that stays readable if the replay is interrupted.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,31 @@ from .conversions import ImageError, compressed_to_rgb, image_to_rgb
 IMAGE_TOPIC = "/camera/image_raw"
 INFO_TOPIC = "/camera/camera_info"
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
-MSG_DIR = Path(__file__).resolve().parents[1] / "msg"
+MSG_NAMES = ("Instance", "InstanceArray")
+
+
+def msg_dir() -> Path:
+    """The folder with this package's .msg definitions, for writing them into output bags:
+    the installed ``share/mobius_ros/msg`` (the definitions the generated Python types were
+    built from), else ``msg/`` of the source tree. FileNotFoundError naming the places
+    looked at and the fix when none has them."""
+    places = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        places.append(Path(get_package_share_directory("mobius_ros")) / "msg")
+    except (ImportError, LookupError, OSError, ValueError):  # not on AMENT_PREFIX_PATH
+        pass
+    places += [Path(sys.prefix) / "share" / "mobius_ros" / "msg",
+               Path(__file__).resolve().parents[1] / "msg"]  # fmt: skip
+    for place in places:
+        if all((place / f"{name}.msg").is_file() for name in MSG_NAMES):
+            return place
+    raise FileNotFoundError(
+        "the mobius_ros message definitions (msg/Instance.msg, msg/InstanceArray.msg) are in "
+        f"none of {', '.join(str(p) for p in dict.fromkeys(places))}; install the package "
+        "with `make ros` (it puts them in share/mobius_ros/msg) or run from the source tree"
+    )
 
 
 def typestore():
@@ -194,8 +219,9 @@ class BagRecorder:
         from rosbags.typesys import get_types_from_msg
 
         self.ts = typestore()
-        for name in ("Instance", "InstanceArray"):
-            text = (MSG_DIR / f"{name}.msg").read_text()
+        folder = msg_dir()
+        for name in MSG_NAMES:
+            text = (folder / f"{name}.msg").read_text()
             self.ts.register(get_types_from_msg(text, f"mobius_ros/msg/{name}"))
         self.writer = Writer(Path(path), version=9, storage_plugin=StoragePlugin.MCAP)
         self.connections: dict[str, Any] = {}

@@ -22,7 +22,7 @@ import numpy as np
 
 from mobius_core.atomic import atomic_write_bytes
 
-from .bags import BagRecorder, ReadReport, check_topic, read_frames
+from .bags import BagRecorder, ReadReport, check_topic, msg_dir, read_frames
 from .harness import Harness, ros_list, start_node, stop
 from .localenv import use_local_ros_env
 
@@ -84,7 +84,8 @@ def run_replay(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    check_topic(bag, image_topic)  # a clear error before the node starts
+    check_topic(bag, image_topic)  # clear errors before the node starts
+    msg_dir()
     gt = load_gt(gt_path) if gt_path else None
     if gt is not None and not prompts:
         prompts = [c["name"] for c in gt["categories"]]
