@@ -348,26 +348,27 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str) -> Any:
 
 
 def _check_value(path: str, value: Any, hint: Any, meta: Any) -> Any:
-    value = _coerce(path, value, hint)
+    lo, hi = meta.get("min"), meta.get("max")
+    allowed = f"{lo} <= {path} <= {hi}" if lo is not None or hi is not None else ""
+    value = _coerce(path, value, hint, allowed)
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(
             f"{path}={value!r} is not allowed; choose one of: {', '.join(map(str, choices))}"
         )
-    lo, hi = meta.get("min"), meta.get("max")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"{path}={value!r} is out of range; allowed: {lo} <= {path} <= {hi}")
+        raise ConfigError(f"{path}={value!r} is out of range; allowed: {allowed}")
     return value
 
 
-def _coerce(path: str, value: Any, hint: Any) -> Any:
+def _coerce(path: str, value: Any, hint: Any, allowed: str = "") -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(path, value, inner[0])
+        return _coerce(path, value, inner[0], allowed)
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
@@ -384,7 +385,15 @@ def _coerce(path: str, value: Any, hint: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} must be a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+        # NaN compares false with every bound, so a range check alone would let it through
+        if not math.isfinite(number):
+            fix = f"a number in {allowed}" if allowed else "a finite number"
+            raise ConfigError(f"{path}={value!r} is not a finite number (NaN or inf); set {fix}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path} must be a string, got {value!r}")

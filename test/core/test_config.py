@@ -126,3 +126,51 @@ def test_parse_set_args():
     assert parse_set_args(["lr=5e-4", "name=abc"]) == {"lr": 5e-4, "name": "abc"}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_set_args(["novalue"])
+
+
+@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "1e999"])
+def test_nan_and_inf_are_refused_by_bounded_fields_from_set(text):
+    # NaN compares false with both bounds of a range check: it must be refused on its own
+    with pytest.raises(ConfigError, match=r"train\.lr=.* not a finite number.*0\.0 <= train\.lr"):
+        load_config("shapes_tiny", parse_set_args([f"train.lr={text}"]))
+    with pytest.raises(ConfigError, match=r"model\.classifier\.prior_prob=.* not a finite"):
+        load_config("r50", parse_set_args([f"model.classifier.prior_prob={text}"]))
+
+
+@pytest.mark.parametrize("text", [".nan", ".NaN", ".inf", "-.inf"])
+def test_nan_and_inf_are_refused_in_a_yaml_file(text, tmp_path):
+    path = tmp_path / "nan.yaml"
+    path.write_text(f"base: shapes_tiny\ntrain:\n  lr: {text}\n")
+    with pytest.raises(ConfigError, match=r"train\.lr=.* not a finite number.*0\.0 <= train\.lr"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"model\.pixel_std\[1\]=.* not a finite number"):
+        load_config("r50", parse_set_args([f"model.pixel_std=[0.2, {text}, 0.2]"]))
+
+
+def test_cli_config_refuses_nan_with_the_key_and_the_range(capsys):
+    from mobius_core.cli import main
+
+    assert main(["config", "shapes_tiny", "--set", "train.lr=nan"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr=nan" in err and "0.0 <= train.lr <= 1.0" in err
+
+
+def _bounded_float_keys(obj, prefix=""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _bounded_float_keys(value, f"{prefix}{f.name}.")
+        elif hints[f.name] is float and f.metadata.get("min") is not None:
+            yield f"{prefix}{f.name}"
+
+
+def test_every_bounded_float_field_refuses_nan():
+    keys = list(_bounded_float_keys(load_config("r50")))
+    assert len(keys) >= 28 and "train.max_minutes" in keys
+    for key in keys:
+        with pytest.raises(ConfigError, match=rf"{key}=nan is not a finite number"):
+            load_config("r50", {key: float("nan")})
