@@ -119,20 +119,27 @@ class TextSource(Protocol):
 
 
 class TorchTextSource:
-    """The model's own text encoder (validation, limits and embedding cache included)."""
+    """The model's own text encoder (validation, limits and embedding cache included).
 
-    def __init__(self, text_encoder: Any) -> None:
-        self.encoder = text_encoder
+    ``batch_size`` new prompts go through the encoder per call (padded, the padding masked
+    out), which is what makes a long prompt list cheap: ``benchmarks/prompt_encoding.py``."""
+
+    def __init__(self, text_encoder: Any, batch_size: int = 8) -> None:
+        self.encoder, self.batch_size = text_encoder, batch_size
         self.dim = int(text_encoder.dim)
 
     def encode(self, prompts: Sequence[str]) -> TextArrays:
-        return TextArrays.from_embeddings(self.encoder.encode(list(prompts)))
+        emb = self.encoder.encode(list(prompts), batch_size=self.batch_size)
+        return TextArrays.from_embeddings(emb)
 
 
 class OnnxTextSource:
-    """The exported text graph and its tokenizer (``tokenizers``; no torch, no transformers)."""
+    """The exported text graph and its tokenizer (``tokenizers``; no torch, no transformers).
 
-    def __init__(self, model_path: str | Path, max_prompts: int = 256) -> None:
+    Prompts run ``batch_size`` at a time, sorted by token count (each batch padded to its
+    longest, the padding masked), then go back to the order asked for."""
+
+    def __init__(self, model_path: str | Path, max_prompts: int = 256, batch_size: int = 8) -> None:
         from tokenizers import Tokenizer
 
         meta = io_spec.read_metadata(model_path)
@@ -148,19 +155,33 @@ class OnnxTextSource:
         self.tokenizer.enable_truncation(self.max_tokens)
         self.session = _ort_session(model_path)
         self.dim = int(meta.get(io_spec.META_TEXT_DIM, 0))
-        self.max_prompts = max_prompts
+        self.max_prompts, self.batch_size = max_prompts, max(1, int(batch_size))
         self._cache: dict[tuple[str, ...], TextArrays] = {}
 
     def encode(self, prompts: Sequence[str]) -> TextArrays:
         prompts = validate_prompts(prompts, self.max_prompts)
         key = tuple(prompts)
         if key not in self._cache:
-            enc = self.tokenizer.encode_batch(list(prompts))
-            ids = np.array([e.ids for e in enc], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-            tokens, pooled = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
-            self._cache = {key: TextArrays(tokens, mask.astype(bool), pooled, key)}
+            self._cache = {key: self._run(key)}
         return self._cache[key]
+
+    def _run(self, prompts: tuple[str, ...]) -> TextArrays:
+        enc = self.tokenizer.encode_batch(list(prompts))  # padded to the longest of all
+        ids = np.array([e.ids for e in enc], dtype=np.int64).reshape(len(prompts), -1)
+        mask = np.array([e.attention_mask for e in enc], dtype=np.int64).reshape(ids.shape)
+        tokens = np.zeros((*ids.shape, self.dim or 1), dtype=np.float32)
+        pooled = np.zeros((len(prompts), self.dim or 1), dtype=np.float32)
+        order = np.argsort(mask.sum(1), kind="stable")
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            t = int(mask[rows].sum(1).max())
+            feed = {"input_ids": ids[rows, :t], "attention_mask": mask[rows, :t]}
+            tok, pool = self.session.run(None, feed)
+            if tokens.shape[2] != tok.shape[2]:  # graphs without the dim in their metadata
+                tokens = np.zeros((*ids.shape, tok.shape[2]), dtype=np.float32)
+                pooled = np.zeros((len(prompts), tok.shape[2]), dtype=np.float32)
+            tokens[rows, :t], pooled[rows] = tok, pool
+        return TextArrays(tokens, mask.astype(bool), pooled, prompts)
 
 
 class FileTextSource:
@@ -420,6 +441,9 @@ class Segmenter:
         self._prompts: tuple[TextArrays, str] | None = None
         self.last_times: StageTimes | None = None
         self.last_outputs: RawOutputs | None = None
+        #: (prompts, task) the last call inferred with: a caller that labels results reads
+        #: them here, not from ``prompts``, which a concurrent set_prompts may have changed
+        self.last_prompts: tuple[tuple[str, ...], str] = ((), "")
         dim = getattr(backend, "text_dim", 0)
         if dim and text.dim and dim != text.dim:
             raise ValueError(
@@ -499,6 +523,7 @@ class Segmenter:
         t3 = time.perf_counter()
         self.last_times = StageTimes(t1 - t0, t2 - t1, t3 - t2)
         self.last_outputs = raw
+        self.last_prompts = (arrays.prompts, task)
         return result
 
 

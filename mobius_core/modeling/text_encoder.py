@@ -136,9 +136,10 @@ class TextEncoder(nn.Module, abc.ABC):
     dim: int = 0
     max_tokens: int = 0
     #: prompts per encoder call inside ``encode``. 1 makes each prompt's embedding depend on
-    #: nothing but the prompt (batched kernels differ from single ones by float rounding,
-    #: ~1e-6), so a cached result equals an uncached one bit for bit; raise it to encode many
-    #: new prompts faster when that does not matter.
+    #: nothing but the prompt (batched and padded kernels differ from single ones by float
+    #: rounding, ~1e-6), so a cached result equals an uncached one bit for bit; raise it to
+    #: encode many new prompts faster when that does not matter (the deployment path,
+    #: ``TorchTextSource``, passes ``encode(..., batch_size=8)``).
     encode_batch_size: int = 1
 
     def __init__(
@@ -258,12 +259,14 @@ class TextEncoder(nn.Module, abc.ABC):
             torch.zeros(0, self.dim, device=device, dtype=dtype),
         )
 
-    def encode(self, prompts: list[str]) -> TextEmbeddings:
+    def encode(self, prompts: list[str], batch_size: int | None = None) -> TextEmbeddings:
         """Validated, cached, no-grad prompts (K) -> TextEmbeddings in the requested order.
 
-        Only prompts missing from the cache are run, in eval mode, ``encode_batch_size`` at a
-        time and grouped by token count so that no prompt is padded; with the default batch
-        size of 1 a cached result equals an uncached one exactly.
+        Only prompts missing from the cache are run, in eval mode, ``batch_size`` (default
+        ``encode_batch_size``) at a time, sorted by token count so that a batch pads each
+        prompt to at most the longest of its neighbours (the padding is masked out of every
+        result). With a batch size of 1 nothing is padded and a cached result equals an
+        uncached one exactly.
 
         -> tokens [K,T,C_text] (zero at padding), token_mask [K,T], pooled [K,C_text], on the
         encoder's device and dtype; T is the longest requested prompt. Duplicate prompts are
@@ -273,21 +276,21 @@ class TextEncoder(nn.Module, abc.ABC):
         if self._weights_changed():
             self.cache.clear(self.name)
         entries: dict[str, CacheEntry] = {}
-        groups: dict[int, list[str]] = {}
+        missing: list[tuple[str, int]] = []
         for p, n in dict.fromkeys(checked):
             hit = self.cache.get((self.name, p))
             if hit is None:
-                groups.setdefault(n, []).append(p)
+                missing.append((p, n))
             else:
                 entries[p] = hit
-        if groups:
+        if missing:
             was_training = self.training
             if was_training:
                 self.train(False)
             try:
-                size = max(1, int(self.encode_batch_size))
-                chunks = [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
-                for group in chunks:
+                size = max(1, int(batch_size or self.encode_batch_size))
+                order = [p for p, _ in sorted(missing, key=lambda pn: pn[1])]
+                for group in (order[i : i + size] for i in range(0, len(order), size)):
                     fresh = self.embed(group)
                     for i, p in enumerate(group):
                         length = int(fresh.token_mask[i].sum())

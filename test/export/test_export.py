@@ -177,6 +177,18 @@ def test_text_graph_matches_the_encoder(random_text_encoder, tmp_path):
     np.testing.assert_array_equal(got.token_mask, ref.token_mask)
     np.testing.assert_allclose(got.pooled, ref.pooled, atol=1e-4)
     np.testing.assert_allclose(got.tokens, ref.tokens, atol=1e-4)
+    runs = []
+    run = source.session.run
+    source.session.run = lambda names, feed: (
+        runs.append(feed["input_ids"].shape) or run(names, feed)
+    )
+    source.batch_size = 2  # by two, shortest first: each batch padded only to its longest
+    longer = prompts + ["a much longer prompt than all of the others put together"]
+    again = source.encode(longer)
+    assert len(runs) == 2 and runs[0][1] < runs[1][1] == again.tokens.shape[1]
+    np.testing.assert_allclose(again.pooled[:3], got.pooled, atol=1e-5)
+    np.testing.assert_allclose(again.tokens[:3, : got.tokens.shape[1]], got.tokens, atol=1e-5)
+    assert not again.tokens[:3, got.tokens.shape[1] :].any()  # padding stays zero
 
 
 def test_embeddings_file_round_trip_and_mismatch(tmp_path, random_text_encoder):

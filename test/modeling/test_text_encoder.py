@@ -156,6 +156,31 @@ def test_cache_follows_the_weights(random_text_encoder):
     _assert_same(enc.encode(["cat"]), before)
 
 
+@pytest.mark.parametrize("kind", ["minilm", "clip"])
+def test_batched_encoding_pads_within_a_batch_and_gives_the_same_embeddings(kind, request):
+    if kind == "minilm":
+        enc = request.getfixturevalue("own_text_encoder")
+    else:
+        enc = copy.deepcopy(request.getfixturevalue("clip_pair")[1])
+    prompts = [("word " * n).strip() + f" {n}" for n in (9, 1, 5, 3, 12, 7, 2, 10, 4, 6)]
+    assert len({enc.token_count(p) for p in prompts}) == len(prompts)  # no two the same
+    calls = []
+    embed = enc.embed
+    enc.embed = lambda group: calls.append(len(group)) or embed(group)
+    one = enc.encode(prompts)  # the default: one prompt per call, bit for bit
+    assert calls == [1] * 10
+    enc.cache.clear()
+    calls.clear()
+    four = enc.encode(prompts, batch_size=4)
+    assert calls == [4, 4, 2]  # prompts of different lengths share a padded batch
+    assert four.prompts == one.prompts and torch.equal(four.token_mask, one.token_mask)
+    torch.testing.assert_close(four.tokens, one.tokens, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(four.pooled, one.pooled, atol=1e-5, rtol=1e-4)
+    calls.clear()
+    _assert_same(enc.encode(prompts, batch_size=4), four)  # served from the cache
+    assert calls == []
+
+
 def test_encode_in_training_mode_is_deterministic(random_text_encoder):
     was_training = random_text_encoder.training
     enc = random_text_encoder.train()
