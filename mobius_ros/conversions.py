@@ -28,7 +28,7 @@ ENCODINGS: dict[str, tuple[int, tuple[int, int, int]]] = {
     "8UC3": (3, (2, 1, 0)),  # OpenCV's default channel order is BGR
     "8UC1": (1, (0, 0, 0)),
 }
-MAX_PIXELS = 8192 * 8192
+MAX_PIXELS = 8192 * 8192  # the default limit (the node's max_image_pixels)
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
 
 
@@ -36,9 +36,20 @@ class ImageError(ValueError):
     """An image message the node cannot use; the text says why and what to send."""
 
 
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if height <= 0 or width <= 0:
+        raise ImageError(f"image has zero size ({width}x{height}); check the camera driver")
+    if height * width > max_pixels:
+        raise ImageError(
+            f"image {width}x{height} ({height * width} pixels) is larger than max_image_pixels "
+            f"= {max_pixels}; publish a smaller image (image_proc resize) or raise the limit"
+        )
+
+
 def image_to_rgb(
-    encoding: str, height: int, width: int, step: int, data: bytes | memoryview
-) -> np.ndarray:
+    encoding: str, height: int, width: int, step: int, data: bytes | memoryview,
+    max_pixels: int = MAX_PIXELS,
+) -> np.ndarray:  # fmt: skip
     """``sensor_msgs/Image`` fields -> [H,W,3] uint8 RGB (a view where the layout allows)."""
     if encoding not in ENCODINGS:
         hint = (
@@ -47,10 +58,7 @@ def image_to_rgb(
             else "publish rgb8, bgr8, rgba8, bgra8 or mono8 (image_proc can convert)"
         )
         raise ImageError(f"unsupported image encoding {encoding!r}: {hint}")
-    if height <= 0 or width <= 0:
-        raise ImageError(f"image has zero size ({width}x{height}); check the camera driver")
-    if height * width > MAX_PIXELS:
-        raise ImageError(f"image {width}x{height} is larger than {MAX_PIXELS} pixels")
+    _check_size(width, height, max_pixels)
     channels, order = ENCODINGS[encoding]
     row = width * channels
     if step < row:
@@ -72,17 +80,14 @@ def image_to_rgb(
     return np.ascontiguousarray(rows[:, :, list(order)])
 
 
-def image_msg_to_rgb(msg: Any) -> np.ndarray:
+def image_msg_to_rgb(msg: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A ``sensor_msgs/Image`` -> [H,W,3] uint8 RGB: the NumPy path for 8-bit colour and
     mono, cv_bridge for the other encodings it knows (yuv422, bayer_*, 16-bit colour, mono16).
     Without cv_bridge those are refused with a message that names it."""
     enc = msg.encoding
     if enc in ENCODINGS or enc in DEPTH_ENCODINGS:
-        return image_to_rgb(enc, msg.height, msg.width, msg.step, msg.data)
-    if msg.height <= 0 or msg.width <= 0:
-        raise ImageError(f"image has zero size ({msg.width}x{msg.height}); check the camera driver")
-    if msg.height * msg.width > MAX_PIXELS:
-        raise ImageError(f"image {msg.width}x{msg.height} is larger than {MAX_PIXELS} pixels")
+        return image_to_rgb(enc, msg.height, msg.width, msg.step, msg.data, max_pixels)
+    _check_size(msg.width, msg.height, max_pixels)
     try:
         from cv_bridge import CvBridge
     except ImportError:
@@ -106,25 +111,40 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def compressed_to_rgb(fmt: str, data: bytes | memoryview) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` fields (jpeg/png) -> [H,W,3] uint8 RGB."""
+def compressed_to_rgb(
+    fmt: str, data: bytes | memoryview, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` fields (jpeg/png) -> [H,W,3] uint8 RGB.
+
+    The size comes from the header first: an image over ``max_pixels`` is refused before
+    any pixel is decoded (a small PNG can expand to gigabytes)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     if len(data) == 0:
         raise ImageError("compressed image has no data; check the image_transport publisher")
     if "compressedDepth" in fmt:
         raise ImageError(f"compressed depth ({fmt!r}) is not segmented; subscribe the colour topic")
+    what = f"compressed image ({fmt!r}, {len(data)} bytes)"
     try:
-        with Image.open(io.BytesIO(bytes(data))) as im:
-            im.load()
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():  # PIL's own bomb warning: the limit below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(bytes(data))) as im:  # reads the header only
+                _check_size(im.width, im.height, max_pixels)
+                im.load()
+                rgb = im.convert("RGB")
+    except UnidentifiedImageError:
+        head = bytes(data[:8]).hex(" ")
         raise ImageError(
-            f"compressed image ({fmt!r}, {len(data)} bytes) cannot be decoded: {exc}; "
-            "publish jpeg or png"
-        ) from exc
-    if rgb.width * rgb.height > MAX_PIXELS:
-        raise ImageError(f"image {rgb.width}x{rgb.height} is larger than {MAX_PIXELS} pixels")
+            f"{what} is not a JPEG or PNG image (it starts with bytes {head}); publish jpeg or png"
+        ) from None
+    except Image.DecompressionBombError as exc:  # over PIL's own hard limit, also from the header
+        raise ImageError(f"{what} is too large to decode: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        if isinstance(exc, ImageError):
+            raise
+        raise ImageError(f"{what} cannot be decoded: {exc}; publish jpeg or png") from exc
     return np.asarray(rgb)
 
 

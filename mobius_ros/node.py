@@ -15,6 +15,11 @@ depth 1; a worker thread segments the newest frame and publishes ``instances``,
 ``set_prompts`` (text prompts, and point/box prompts); topic ``point_prompt``
 (geometry_msgs/PointStamped in image pixels, as image viewers publish mouse clicks) adds a
 point prompt.
+
+Threads: the executor (:func:`make_executor`) runs ``set_prompts`` in a callback group of its
+own, so encoding a long prompt list never holds up frames, ``/diagnostics``, parameters or the
+lifecycle services; requests to it queue and are answered in order. Each published message
+carries the prompts and mode its frame was inferred with (the segmenter's ``last_prompts``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from rcl_interfaces.msg import (
     ParameterType,
     SetParametersResult,
 )
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -180,7 +186,9 @@ class SegmentationNode(LifecycleNode):
         self.last_error = ""
         self.last_prompt_error = ""  # the last refused click, shown in /diagnostics
         self.image_topic = self.resolve_topic_name("image")
-        self.create_service(SetPrompts, "set_prompts", self._on_set_prompts)
+        self._param_lock = threading.RLock()  # parameter changes come from two threads
+        self.create_service(SetPrompts, "set_prompts", self._on_set_prompts,
+                            callback_group=MutuallyExclusiveCallbackGroup())  # fmt: skip
         self.add_on_set_parameters_callback(self._on_parameters)
 
     # -- lifecycle transitions ---------------------------------------------------------------
@@ -332,6 +340,7 @@ class SegmentationNode(LifecycleNode):
         return self.visual.replace(points, boxes)
 
     def _on_set_prompts(self, request: Any, response: Any) -> Any:
+        """On its own callback group's thread: encoding may take a while."""
         inactive = self._inactive()
         try:
             if inactive is not None:
@@ -380,6 +389,10 @@ class SegmentationNode(LifecycleNode):
         pub.publish(msg)
 
     def _on_parameters(self, changes: list[Any]) -> SetParametersResult:
+        with self._param_lock:
+            return self._change_parameters(changes)
+
+    def _change_parameters(self, changes: list[Any]) -> SetParametersResult:
         new = P.NodeParams(**self.p.as_dict())
         configured = self.model is not None
         try:
@@ -397,7 +410,7 @@ class SegmentationNode(LifecycleNode):
                     validate_prompts(list(new.prompts), new.max_prompts, new.max_prompt_chars)
             elif (tuple(new.prompts), new.mode) != (self.prompt_state.prompts,
                                                     self.prompt_state.mode):  # fmt: skip
-                r = self.prompt_state.set(new.prompts, new.mode)
+                r = self.prompt_state.set(new.prompts, new.mode, wait=False)
                 if not r.success:
                     raise ValueError(r.message)
                 new.prompts, new.mode = list(self.prompt_state.prompts), self.prompt_state.mode
@@ -460,9 +473,9 @@ class SegmentationNode(LifecycleNode):
             return
         start = time.monotonic()
         if isinstance(msg, CompressedImage):
-            rgb = compressed_to_rgb(msg.format, msg.data)
+            rgb = compressed_to_rgb(msg.format, msg.data, self.p.max_image_pixels)
         else:
-            rgb = image_msg_to_rgb(msg)
+            rgb = image_msg_to_rgb(msg, self.p.max_image_pixels)
         if self._pending_level or self.budget.target_fps > 0:
             apply_level(self.seg, self.budget.level if self.budget.target_fps > 0
                         else self.model.default_level)  # fmt: skip
@@ -472,6 +485,7 @@ class SegmentationNode(LifecycleNode):
         prompts = self.visual.prompts if self.model.visual else []
         clicks = self.visual.segmenter_prompts(prompts)
         (inst,) = self.seg([rgb], [clicks] if clicks else None)
+        used = self.seg.last_prompts  # what this frame was inferred with (not the newest)
         n_text = len(inst) - len(clicks)  # the answers to point/box prompts come last
         text, answers = inst.select(range(n_text)), inst.select(range(n_text, len(inst)))
         if clicks:
@@ -491,7 +505,7 @@ class SegmentationNode(LifecycleNode):
         self.last_kept = kept
         if self.stopping:
             return
-        self._publish(msg.header, rgb, inst, times.inference * 1e3, kept, ids, prompts)
+        self._publish(msg.header, rgb, inst, times.inference * 1e3, kept, used, ids, prompts)
         done = time.monotonic()
         worker = self.worker
         if worker is not None:
@@ -500,11 +514,12 @@ class SegmentationNode(LifecycleNode):
             self.log.info(f"budget: {self.budget.level.describe()}")
 
     def _publish(
-        self, header: Any, rgb: Any, inst: Any, inference_ms: float, kept: int, ids: Any = None,
-        visual: Any = (),
+        self, header: Any, rgb: Any, inst: Any, inference_ms: float, kept: int,
+        used: tuple[tuple[str, ...], str], ids: Any = None, visual: Any = (),
     ) -> None:  # fmt: skip
-        out = InstanceArray(header=header, mode=self.prompt_state.mode)
-        out.prompts = list(self.prompt_state.prompts) + [p.label for p in visual]
+        prompts, mode = used
+        out = InstanceArray(header=header, mode=mode)
+        out.prompts = list(prompts) + [p.label for p in visual]
         out.inference_ms, out.kept_queries = float(inference_ms), kept
         fields = instance_fields(inst, ids)
         for f in fields:
@@ -610,6 +625,14 @@ class _Interrupted(BaseException):
     """SIGINT/SIGTERM while the model loads: leave the (long) configure at once."""
 
 
+def make_executor(context: Any = None) -> Any:
+    """The node's executor: two threads, so ``set_prompts`` (its own callback group) encodes
+    while the other callbacks (one group, one at a time, as before) go on."""
+    from rclpy.executors import MultiThreadedExecutor
+
+    return MultiThreadedExecutor(num_threads=2, context=context)
+
+
 def run(args: list[str] | None = None) -> int:
     """Run the node until SIGINT or SIGTERM (``args`` may hold ``--ros-args ...``).
 
@@ -617,7 +640,7 @@ def run(args: list[str] | None = None) -> int:
     loop to stop, so the worker finishes its frame and stops while the ROS context is still
     valid, and a second signal during that teardown is ignored rather than aborting it.
     Exit code 0 on a signal; 2 for a configuration error (the message names it)."""
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
     from rclpy.signals import SignalHandlerOptions
 
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
@@ -631,7 +654,7 @@ def run(args: list[str] | None = None) -> int:
             raise _Interrupted
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    executor = SingleThreadedExecutor()
+    executor = make_executor()
     try:
         try:
             node = SegmentationNode()

@@ -64,6 +64,7 @@ class NodeParams:
     publish_detections: bool = True  # vision_msgs/Detection2DArray where vision_msgs exists
     marker_scale: float = 0.001  # metres per pixel for markers drawn in the image frame
     diagnostics_period: float = 1.0
+    max_image_pixels: int = 8192 * 8192  # larger images are refused (before decoding)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -202,6 +203,12 @@ SPECS: dict[str, Spec] = {
     "publish_detections": Spec("vision_msgs/Detection2DArray (where vision_msgs is installed)"),
     "marker_scale": Spec("metres per pixel for markers", 0.0, 1000.0, lo_open=True),
     "diagnostics_period": Spec("seconds between /diagnostics messages", 0.05, 60.0),
+    "max_image_pixels": Spec(
+        "largest image accepted, width x height; a compressed image's size is read from its "
+        "header, so a larger one is refused before it is decoded",
+        1,
+        2**31 - 1,
+    ),
 }
 # Parameters a running node cannot change (they choose and load the model).
 RESTART_ONLY = frozenset(n for n, s in SPECS.items() if s.read_only)

@@ -82,12 +82,55 @@ def test_compressed_images_decode(fmt):
 
 @pytest.mark.parametrize(("fmt", "data", "words"), [
     ("jpeg", b"", "no data"),
-    ("jpeg", b"not an image at all", "cannot be decoded"),
+    ("jpeg", b"not an image at all", "not a JPEG or PNG image"),
     ("16UC1; compressedDepth", b"x", "depth"),
 ])  # fmt: skip
 def test_bad_compressed_images_are_rejected(fmt, data, words):
-    with pytest.raises(ImageError, match=words):
+    with pytest.raises(ImageError, match=words) as err:
         compressed_to_rgb(fmt, data)
+    assert "BytesIO" not in str(err.value) and " at 0x" not in str(err.value)
+
+
+def _png(width: int, height: int) -> bytes:
+    """A valid PNG of ``width`` x ``height`` black pixels, written without holding the image
+    (zlib-compressed zero rows: a 12000x12000 one is a few hundred KB)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    comp = zlib.compressobj(9)
+    row = b"\x00" + bytes(3 * width)  # filter byte + RGB
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    head = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_an_oversized_compressed_image_is_refused_from_its_header_before_decoding(monkeypatch):
+    from PIL import ImageFile
+
+    data = _png(12000, 12000)
+    assert len(data) < 1_000_000  # small on the wire, 432 MB decoded
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load",
+                        lambda self: decoded.append(self.size) or real_load(self))  # fmt: skip
+    with pytest.raises(ImageError, match=r"12000x12000 .* larger than max_image_pixels"):
+        compressed_to_rgb("png", data)
+    assert decoded == []  # refused before any pixel was decoded
+    with pytest.raises(ImageError, match="max_image_pixels = 1000"):
+        compressed_to_rgb("png", _png(40, 30), max_pixels=1000)
+    assert compressed_to_rgb("png", _png(40, 30), max_pixels=1200).shape == (30, 40, 3)
+    assert set(decoded) == {(40, 30)}  # the image within the limit was decoded
+
+
+def test_raw_images_honour_the_same_pixel_limit():
+    with pytest.raises(ImageError, match="max_image_pixels = 100"):
+        image_to_rgb("rgb8", 10, 11, 33, bytes(330), max_pixels=100)
+    assert image_to_rgb("rgb8", 10, 10, 30, bytes(300), max_pixels=100).shape == (10, 10, 3)
 
 
 def test_rgb_round_trip_through_image_fields():
