@@ -101,6 +101,58 @@ def test_a_corrupt_file_gives_a_clear_message(tmp_path):
         assert len(frames) < 3 and "corrupt" in " ".join(report.problems)
 
 
+def _cut_copy(bag, dst, fraction):
+    """A copy of ``bag`` whose storage file keeps only its first ``fraction``."""
+    import shutil
+
+    shutil.copytree(bag, dst)
+    (f,) = [p for p in dst.iterdir() if p.suffix in (".mcap", ".db3")]
+    data = f.read_bytes()
+    f.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+@pytest.mark.parametrize(
+    "storage,size,frames,fraction",
+    [("mcap", 320, 10, 0.5), ("mcap", 320, 10, 0.9), ("mcap", 64, 40, 0.5),
+     ("sqlite3", 64, 40, 0.5), ("sqlite3", 64, 40, 0.9), ("sqlite3", 320, 10, 0.9)],
+)  # fmt: skip
+def test_truncated_bags_are_read_up_to_the_damage(tmp_path, storage, size, frames, fraction):
+    """320x320 mcap frames fill several chunks, 64x64 ones a single chunk cut inside."""
+    bag, _ = make_bag(tmp_path / "b", "val", frames, size=(size, size), storage=storage)
+    intact = list(read_frames(bag, IMAGE_TOPIC, ReadReport()))
+    cut = _cut_copy(bag, tmp_path / "cut", fraction)
+    report = ReadReport()
+    got = list(read_frames(cut, IMAGE_TOPIC, report))
+    assert 0 < len(got) < frames, len(got)
+    for a, b in zip(got, intact):  # the frames read are the first ones, whole
+        assert a.stamp_ns == b.stamp_ns and np.array_equal(a.rgb, b.rgb)
+    assert report.listed == frames and report.skipped_corrupt == frames - len(got)
+    text = " ".join(report.damage)
+    assert f"bag.{'db3' if storage == 'sqlite3' else 'mcap'}" in text and "cut short" in text
+    assert "unread" in text and report.unread_bytes > 0
+
+
+def test_a_truncated_bag_without_metadata_is_read_from_its_storage_file(tmp_path):
+    """What a recorder killed before it closed the bag leaves: no metadata.yaml."""
+    bag, _ = make_bag(tmp_path / "b", "val", 10, size=(64, 64))
+    cut = _cut_copy(bag, tmp_path / "cut", 0.7)
+    (cut / "metadata.yaml").unlink()
+    assert bag_topics(cut)[IMAGE_TOPIC] == "sensor_msgs/msg/Image"
+    report = ReadReport()
+    assert 0 < len(list(read_frames(cut, IMAGE_TOPIC, report))) < 10
+    assert "cut short" in " ".join(report.damage)
+
+
+def test_a_sqlite_bag_with_nothing_readable_is_refused_naming_the_file_and_the_damage(tmp_path):
+    """Cut in half, this bag has lost the pages that index its rows: not one frame can be
+    read, and the error says which file and how it is damaged."""
+    bag, _ = make_bag(tmp_path / "b", "val", 10, storage="sqlite3")
+    cut = _cut_copy(bag, tmp_path / "cut", 0.5)
+    with pytest.raises(ValueError, match=r"cut/bag\.db3.*cut short.*20 of its 20 rows"):
+        list(read_frames(cut, IMAGE_TOPIC, ReadReport()))
+
+
 def test_recorder_leaves_a_readable_bag_when_interrupted(tmp_path):
     from rclpy.serialization import serialize_message
     from std_msgs.msg import String  # noqa: F401  (rclpy messages serialize for the recorder)
