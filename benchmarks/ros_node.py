@@ -2,6 +2,7 @@
 
     python benchmarks/ros_node.py overhead [--frames 100]
     python benchmarks/ros_node.py budget [--plot benchmarks/ros_budget.png]
+    python benchmarks/ros_node.py prompts [--repeats 3]
 
 overhead: 640x480 rgb8 frames are sent one at a time (the next after the previous result
 arrived, so nothing queues). Overhead = (image published -> InstanceArray received) minus
@@ -13,6 +14,12 @@ budget: the node's saturated rate (camera at 60 Hz) is measured with the budget 
 best level (no pruning, full size) and at its fastest level (an unreachable target);
 targets between the two are then set at run time through the parameter service while a
 camera publishes at 60 Hz, and the delivered rate is followed frame by frame.
+
+prompts: with a camera at 10 Hz, ``set_prompts`` of 64 new prompts of 190 characters each
+(``prompt_encoding.make_prompts``) is called ``--repeats`` times, 4 s apart; for each call
+it records the reply time and ``encode_ms``, and the longest gap between consecutive
+``instances`` and between ``/diagnostics`` messages from the call until 1 s after the reply
+(the node at 1 Hz diagnostics: a gap over ~1 s there means the node stalled).
 """
 
 from __future__ import annotations
@@ -150,6 +157,48 @@ def budget(h: Harness, frames, seconds: float, plot: Path | None) -> list[dict]:
     return results
 
 
+def _longest_gap(times: list[float], lo: float, hi: float) -> float:
+    """The longest stretch of [lo, hi] without one of ``times``."""
+    t = sorted([lo, *(x for x in times if lo <= x <= hi), hi])
+    return max(b - a for a, b in zip(t, t[1:]))
+
+
+def prompt_gaps(h: Harness, frames, repeats: int) -> list[dict]:
+    from diagnostic_msgs.msg import DiagnosticArray
+    from prompt_encoding import make_prompts
+
+    diag_at: list[float] = []
+    h.node.create_subscription(DiagnosticArray, "/diagnostics",
+                               lambda m: diag_at.append(time.monotonic()), 10)  # fmt: skip
+    rows, i = [], 0
+
+    def camera(seconds: float, until=lambda: False) -> None:
+        nonlocal i
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not until():
+            h.pub.publish(h.image(frames[i % len(frames)]))
+            i += 1
+            h.spin(0.1)
+
+    camera(4.0)
+    for r in range(repeats):
+        prompts = make_prompts(64, 190, seed=100 + r)
+        start = time.monotonic()
+        future = h.prompts.call_async(h.SetPrompts.Request(prompts=prompts, mode="category"))
+        camera(120.0, future.done)
+        replied = time.monotonic()
+        camera(1.0)
+        lo, hi = start, replied + 1.0
+        arrivals = [t for t, _ in h.instances.values()]
+        res = future.result()
+        rows.append({"reply_s": replied - start, "encode_ms": res.encode_ms, "ok": res.success,
+                     "inst_gap": _longest_gap(arrivals, lo, hi),
+                     "diag_gap": _longest_gap(diag_at, lo, hi),
+                     "frames": sum(lo <= t <= hi for t in arrivals)})  # fmt: skip
+        camera(3.0)
+    return rows
+
+
 def draw_budget_plot(results: list[dict], best: float, fastest: float):
     """Rolling delivered FPS per frame for each target (PIL only, like the other plots)."""
     from PIL import Image, ImageDraw
@@ -196,7 +245,8 @@ def draw_budget_plot(results: list[dict], best: float, fastest: float):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("what", choices=["overhead", "budget"])
+    p.add_argument("what", choices=["overhead", "budget", "prompts"])
+    p.add_argument("--repeats", type=int, default=3, help="set_prompts calls (prompts)")
     p.add_argument("--frames", type=int, default=100)
     p.add_argument("--seconds", type=float, default=10.0, help="per budget target")
     p.add_argument("--plot", type=Path, default=None)
@@ -237,6 +287,18 @@ def main() -> int:
             print("|---|---:|---:|")
             for k, (p50, p95) in b.items():
                 print(f"| {k} | {p50:.1f} | {p95:.1f} |")
+        elif args.what == "prompts":
+            rows = prompt_gaps(h, frames, args.repeats)
+            print("\n640x480 at 10 Hz; set_prompts of 64 new prompts x 190 characters\n")
+            print(
+                "| call | reply (s) | encode_ms | longest gap in instances (s) "
+                "| longest gap in /diagnostics (s) | instances in the window |"
+            )
+            print("|---:|---:|---:|---:|---:|---:|")
+            for n, r in enumerate(rows, 1):
+                print(f"| {n}{'' if r['ok'] else ' (refused)'} | {r['reply_s']:.2f} | "
+                      f"{r['encode_ms']:.0f} | {r['inst_gap']:.2f} | {r['diag_gap']:.2f} | "
+                      f"{r['frames']} |")  # fmt: skip
         else:
             budget(h, frames, args.seconds, args.plot)
     finally:
