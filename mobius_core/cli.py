@@ -187,7 +187,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if rank == 0:
         loss = last["loss"] if last else float("nan")
         procs = f" on {world} processes" if world > 1 else ""
-        print(f"trained to step {trainer.step}{procs}; last loss {loss:.4f}")
+        print(f"trained to step {trainer.step}{procs}: {trainer.stop_reason}; last loss {loss:.4f}")
         print(f"checkpoint: {checkpoint}; log: {Path(args.out) / 'log.csv'}")
     if world > 1:
         import torch.distributed as dist

@@ -147,11 +147,17 @@ class TrainConfig:
     """The unified single-stage recipe: AdamW, warm-up then step decay, clipping, losses."""
 
     batch_size: int = _bounded(2, 1, 4096)
-    max_steps: int = _bounded(1000, 1, 10_000_000)
-    max_minutes: float = _bounded(0.0, 0.0, 1e7)  # wall-clock budget, 0 = none
-    # Fit the schedule to max_minutes instead of max_steps: the run lasts the budget and
-    # each lr drop comes at the same fraction of it as lr_drop_steps / max_steps
+    # A run ends at the first of its two limits: max_steps (null: no step limit) and the
+    # wall-clock budget max_minutes (0: none), which counts across resumes
+    max_steps: int | None = _bounded(1000, 1, 10_000_000)
+    max_minutes: float = _bounded(0.0, 0.0, 1e7)
+    # Fit the lr schedule to whichever limit comes first: the run's progress is
+    # max(step / max_steps, elapsed / max_minutes), and an lr drop comes at the same
+    # fraction of it as lr_drop_steps / schedule_steps; linear and cosine reach 0 at 1
     time_schedule: bool = False
+    # The run length, in steps, that lr_drop_steps are written for under time_schedule
+    # (null: max_steps)
+    schedule_steps: int | None = _bounded(None, 1, 10_000_000)
     lr: float = _bounded(1e-4, 0.0, 1.0)
     weight_decay: float = _bounded(0.05, 0.0, 1.0)
     backbone_lr_mult: float = _bounded(0.1, 0.0, 10.0)
@@ -159,8 +165,8 @@ class TrainConfig:
     freeze_text_encoder: bool = False
     warmup_steps: int = _bounded(100, 0, 10_000_000)
     # After warm-up: "step" multiplies the lr by lr_drop_factor at each of lr_drop_steps;
-    # "linear" and "cosine" decay it to 0 at max_steps (or at the end of max_minutes with
-    # time_schedule), the usual choice when the budget is fixed in advance
+    # "linear" and "cosine" decay it to 0 at max_steps (or, with time_schedule, at the
+    # first limit), the usual choice when the budget is fixed in advance
     lr_decay: str = _choice("step", "linear", "cosine", default="step")
     lr_drop_steps: list[int] = field(default_factory=list)
     lr_drop_factor: float = _bounded(0.1, 0.0, 1.0)
@@ -351,6 +357,8 @@ def _check_value(path: str, value: Any, hint: Any, meta: Any) -> Any:
     lo, hi = meta.get("min"), meta.get("max")
     allowed = f"{lo} <= {path} <= {hi}" if lo is not None or hi is not None else ""
     value = _coerce(path, value, hint, allowed)
+    if value is None:  # an optional field left unset (e.g. train.max_steps: null)
+        return value
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(
@@ -424,6 +432,23 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError(
             "train.time_schedule=true fits the schedule to train.max_minutes, which is 0: "
             "set train.max_minutes (the budget) or turn train.time_schedule off"
+        )
+    if t.max_steps is None and t.max_minutes <= 0:
+        raise ConfigError(
+            "train.max_steps=null (no step limit) and train.max_minutes=0 (no budget): the run "
+            "would never end; set train.max_steps=N or train.max_minutes"
+        )
+    if t.max_steps is None and not t.time_schedule and t.lr_decay != "step":
+        raise ConfigError(
+            f"train.lr_decay={t.lr_decay} decays to 0 at train.max_steps, which is null (no "
+            "step limit): set train.max_steps=N or train.time_schedule=true"
+        )
+    drops_of = t.schedule_steps or t.max_steps
+    if t.time_schedule and t.lr_decay == "step" and t.lr_drop_steps and drops_of is None:
+        raise ConfigError(
+            f"train.lr_drop_steps={t.lr_drop_steps} with train.time_schedule=true come at "
+            "their fraction of train.schedule_steps (or train.max_steps), and both are null: "
+            "set train.schedule_steps=N, the run length the drops are written for"
         )
     if t.lr_drop_steps != sorted(t.lr_drop_steps):
         raise ConfigError(f"train.lr_drop_steps={t.lr_drop_steps} must be increasing")

@@ -170,6 +170,8 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self.elapsed_s = 0.0  # training time so far, across resumes (for train.max_minutes)
+        self.clock = time.perf_counter  # seconds, monotonic: what train.max_minutes counts
+        self.stop_reason = ""  # which limit ended the last fit()
         self._tb: Any = None  # TensorBoard writer, opened at the first log row
         self._tb_enabled = t.tensorboard
 
@@ -325,54 +327,62 @@ class Trainer:
 
     # -- loop -----------------------------------------------------------------------------
     def fit(self, max_steps: int | None = None) -> dict[str, float] | None:
-        """Train until ``max_steps`` (default ``cfg.train.max_steps``; none with
-        ``cfg.train.time_schedule``) or until the wall-clock budget ``cfg.train.max_minutes``
-        (counted across resumes) is spent; returns the last losses."""
-        total = max_steps if max_steps is not None else self.cfg.train.max_steps
-        if max_steps is None and self.cfg.train.time_schedule:
-            total = 2**62  # the budget ends the run
+        """Train until the first of the run's limits: the step ``max_steps`` (default
+        ``cfg.train.max_steps``, where null is no step limit) and the wall-clock budget
+        ``cfg.train.max_minutes`` (counted across resumes); returns the last losses.
+        ``stop_reason`` says which limit ended the run, as the log does. ``max_steps`` (the
+        CLI's ``--max-steps``) only stops the run: the lr schedule follows ``cfg.train``."""
+        t = self.cfg.train
+        total = max_steps if max_steps is not None else t.max_steps
+        step_limit = f"train.max_steps={total}" if max_steps is None else f"--max-steps {total}"
+        budget_s = t.max_minutes * 60.0
+        if total is None and not budget_s:
+            raise ValueError(
+                "this run has no limit: set train.max_steps=N or a train.max_minutes budget"
+            )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            shown = None if total == 2**62 else total
-            bar = tqdm(total=shown, initial=self.step, desc="train", unit="step")
+            bar = tqdm(total=total, initial=self.step, desc="train", unit="step")
         last = None
-        start = time.perf_counter()
+        start = self.clock()
         done_at_start = self.step
         elapsed_at_start = self.elapsed_s
-        budget_s = self.cfg.train.max_minutes * 60.0
         try:
-            while self.step < total:
+            while True:
+                if total is not None and self.step >= total:
+                    self.stop_reason = f"the step limit {step_limit} is reached"
+                    break
                 spent = budget_s and distributed.all_reduce(
                     float(self.elapsed_s >= budget_s), "max"
                 )
                 if spent:
-                    log.info(
-                        "stopping at step %d: the %.1f-minute budget is spent",
-                        self.step,
-                        self.cfg.train.max_minutes,
+                    self.stop_reason = (
+                        f"the {t.max_minutes:g}-minute budget (train.max_minutes) is spent"
                     )
                     break
                 losses = self.train_step()
                 if losses is not None:
                     last = losses
-                    rate = (self.step - done_at_start) / max(time.perf_counter() - start, 1e-9)
-                    if self.step % self.cfg.train.log_every == 0 or self.step == total:
+                    rate = (self.step - done_at_start) / max(self.clock() - start, 1e-9)
+                    if self.step % t.log_every == 0 or self.step == total:
                         self._log(losses, rate)
                     if bar is not None:
                         bar.set_postfix(loss=f"{losses['loss']:.3f}", it_s=f"{rate:.2f}")
-                self.elapsed_s = elapsed_at_start + time.perf_counter() - start
+                self.elapsed_s = elapsed_at_start + self.clock() - start
                 if bar is not None:
                     bar.update(1)
-                if self.step % self.cfg.train.checkpoint_every == 0:
+                if self.step % t.checkpoint_every == 0:
                     self.save(self.out_dir / "last.pt")
-                    if self.cfg.train.keep_checkpoints:
+                    if t.keep_checkpoints:
                         self.save(self.out_dir / f"step_{self.step:07d}.pt")
         finally:
             if bar is not None:
                 bar.close()
+        if self.main:
+            log.info("stopping at step %d: %s", self.step, self.stop_reason)
         self.save(self.out_dir / "last.pt")
         return last
 

@@ -35,24 +35,42 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> optim.AdamW:
     return optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def schedule_progress(step: int, cfg: TrainConfig, elapsed_s: float) -> float:
+    """With ``cfg.time_schedule``: the share of the run done, the larger of its two limits'
+    shares, ``step / cfg.max_steps`` (none without a step limit) and ``elapsed_s`` (training
+    seconds so far) over ``cfg.max_minutes``. It reaches 1 at whichever ends the run first."""
+    done = elapsed_s / (cfg.max_minutes * 60.0)
+    if cfg.max_steps is not None:
+        done = max(done, step / cfg.max_steps)
+    return done
+
+
 def lr_factor(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
     """Multiplier of the base learning rate at ``step``: linear warm-up, then the decay of
     ``cfg.lr_decay`` (step drops, or linear/cosine to 0 at the end of the run).
 
-    With ``cfg.time_schedule`` the run's progress is ``elapsed_s`` (training seconds so far)
-    over ``cfg.max_minutes``: a step drop comes at the same fraction of the budget as its
-    step is of ``cfg.max_steps``, and linear/cosine reach 0 when the budget is spent."""
+    With ``cfg.time_schedule`` the schedule follows :func:`schedule_progress` instead of
+    the step: a step drop comes at the same fraction of the run as its step is of
+    ``cfg.schedule_steps`` (default ``cfg.max_steps``), and linear/cosine reach 0 at the
+    first of the run's limits. Warm-up stays in steps."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.lr_decay == "step":
         if cfg.time_schedule:
             budget_s = cfg.max_minutes * 60.0
-            drops = sum(elapsed_s >= s / cfg.max_steps * budget_s for s in cfg.lr_drop_steps)
+            length = cfg.schedule_steps or cfg.max_steps
+            drops = 0
+            for s in cfg.lr_drop_steps:
+                share = s / length
+                # the same test as schedule_progress(...) >= share, without dividing
+                drops += elapsed_s >= share * budget_s or (
+                    cfg.max_steps is not None and step >= share * cfg.max_steps
+                )
         else:
             drops = sum(step >= s for s in cfg.lr_drop_steps)
         return cfg.lr_drop_factor**drops
     if cfg.time_schedule:
-        done = elapsed_s / (cfg.max_minutes * 60.0)
+        done = schedule_progress(step, cfg, elapsed_s)
     else:
         span = max(cfg.max_steps - cfg.warmup_steps, 1)
         done = (step - cfg.warmup_steps) / span

@@ -70,6 +70,25 @@ def _trainer(dataset, out_dir, **extra):
     return Trainer(cfg, model, dataset, out_dir, progress=False)
 
 
+def _fake_clock(trainer, seconds_per_step):
+    """Make every step take ``seconds_per_step`` on the clock train.max_minutes counts,
+    however fast or loaded the machine is."""
+    trainer.clock = lambda: trainer.step * seconds_per_step
+
+
+def _fail_past(trainer, steps):
+    """Fail the test (instead of training on) once ``steps`` steps are done: no limit
+    ended the run."""
+    real = trainer.train_step
+
+    def step():
+        if trainer.step >= steps:
+            raise AssertionError(f"still training at step {trainer.step}: no limit ended it")
+        return real()
+
+    trainer.train_step = step
+
+
 def test_resume_continues_exactly(tiny_dataset, tmp_path):
     straight = _trainer(tiny_dataset, tmp_path / "a")
     straight.fit(4)
@@ -196,25 +215,30 @@ def test_release_checkpoint_drops_training_state_and_text_encoder(tmp_path, caps
 
 
 def test_wall_clock_budget_stops_training_and_survives_resume(tiny_dataset, tmp_path):
-    trainer = _trainer(tiny_dataset, tmp_path / "a", **{"train.max_minutes": 1e-6})
+    budget = {"train.max_minutes": 0.05}  # 3 s at 1 s a step (the fake clock)
+    trainer = _trainer(tiny_dataset, tmp_path / "a", **budget)
+    _fake_clock(trainer, 1.0)
     trainer.fit(50)
-    assert trainer.step == 1  # one step always runs, then the spent budget stops it
-    assert trainer.elapsed_s > 0
+    assert trainer.step == 3 and trainer.elapsed_s == 3.0  # the budget, not the 50 steps
+    assert "train.max_minutes" in trainer.stop_reason
     state = load_checkpoint(tmp_path / "a" / "last.pt")
-    assert state["step"] == 1 and state["elapsed_s"] == pytest.approx(trainer.elapsed_s)
-    resumed = _trainer(tiny_dataset, tmp_path / "a", **{"train.max_minutes": 1e-6})
+    assert state["step"] == 3 and state["elapsed_s"] == 3.0
+    resumed = _trainer(tiny_dataset, tmp_path / "a", **budget)
+    _fake_clock(resumed, 1.0)
     resumed.resume(tmp_path / "a" / "last.pt")
     resumed.fit(50)
-    assert resumed.step == 1  # the budget counts across resumes
+    assert resumed.step == 3  # the budget counts across resumes
+    assert "budget" in resumed.stop_reason
 
 
 def test_time_schedule_drops_the_lr_at_the_same_fraction_of_the_budget():
     t = load_config(
         "shapes_tiny",
-        {"train.warmup_steps": 2, "train.max_steps": 100, "train.lr_drop_steps": [50, 90],
-         "train.max_minutes": 10.0, "train.time_schedule": True},
+        {"train.warmup_steps": 2, "train.max_steps": None, "train.schedule_steps": 100,
+         "train.lr_drop_steps": [50, 90], "train.max_minutes": 10.0,
+         "train.time_schedule": True},
     ).train  # fmt: skip
-    # drops at 50% and 90% of 600 s whatever the step count
+    # no step limit: drops at 50% and 90% of 600 s whatever the step count
     assert [lr_factor(500, t, e) for e in (0.0, 299.0, 300.0, 539.0, 540.0)] == pytest.approx(
         [1.0, 1.0, 0.1, 0.1, 0.01]
     )
@@ -223,18 +247,91 @@ def test_time_schedule_drops_the_lr_at_the_same_fraction_of_the_budget():
         load_config("shapes_tiny", {"train.time_schedule": True, "train.max_minutes": 0})
 
 
+def test_time_schedule_fits_the_lr_to_whichever_limit_comes_first():
+    budget_s = 38.4 * 60
+    shipped = load_config("shapes_tiny").train
+    assert (shipped.max_steps, shipped.schedule_steps, shipped.time_schedule) == (None, 6500, True)
+    # the shipped recipe: no step limit, the drop at 5500/6500 of the 38.4 minutes
+    drop_s = 5500 / 6500 * budget_s
+    for step in (300, 6500, 20_000):
+        assert lr_factor(step, shipped, drop_s - 1.0) == 1.0
+        assert lr_factor(step, shipped, drop_s) == pytest.approx(0.1)
+    # train.max_steps=65 ends the run long before the budget: the drop at 5500/6500 of 65
+    steps = load_config("shapes_tiny", {"train.max_steps": 65, "train.warmup_steps": 2}).train
+    assert [lr_factor(s, steps, 10.0) for s in (54, 56, 64)] == pytest.approx([1.0, 0.1, 0.1])
+    assert lr_factor(54, steps, drop_s) == pytest.approx(0.1)  # or the budget, if first
+    linear = load_config("shapes_tiny", {"train.max_steps": 100, "train.lr_decay": "linear",
+                                         "train.warmup_steps": 0}).train  # fmt: skip
+    # progress = max(step / max_steps, elapsed / budget)
+    assert lr_factor(25, linear, budget_s / 2) == pytest.approx(0.5)
+    assert lr_factor(75, linear, budget_s / 2) == pytest.approx(0.25)
+    assert lr_factor(100, linear, 1.0) == pytest.approx(0.0)
+
+
+def test_run_limits_are_checked_in_the_config():
+    assert load_config("shapes_tiny", {"train.max_steps": 30}).train.max_steps == 30
+    assert load_config("r50").train.max_steps == 1000  # step-scheduled configs keep theirs
+    with pytest.raises(ConfigError, match=r"never end.*train\.max_steps=N"):
+        load_config("shapes_tiny", {"train.time_schedule": False, "train.max_minutes": 0})
+    with pytest.raises(ConfigError, match=r"train\.lr_decay=cosine.*null"):
+        load_config("shapes_tiny", {"train.time_schedule": False, "train.lr_decay": "cosine"})
+    with pytest.raises(ConfigError, match=r"set train\.schedule_steps=N"):
+        load_config("shapes_tiny", {"train.schedule_steps": None})
+    # a step schedule ended by the budget alone is fine
+    load_config("shapes_tiny", {"train.time_schedule": False})
+
+
 def test_time_schedule_runs_until_the_budget_and_keeps_checkpoints(tiny_dataset, tmp_path):
     trainer = _trainer(
         tiny_dataset, tmp_path, **{"train.max_minutes": 0.02, "train.time_schedule": True,
-                                   "train.max_steps": 2, "train.checkpoint_every": 2,
+                                   "train.max_steps": None, "train.checkpoint_every": 2,
                                    "train.keep_checkpoints": True}
     )  # fmt: skip
+    _fake_clock(trainer, 0.25)  # 1.2 s of budget: spent after the fifth step (1.25 s)
+    _fail_past(trainer, 20)
     trainer.fit()
-    assert trainer.step > 2  # max_steps only shapes the schedule; the 1.2 s budget ends it
-    assert trainer.elapsed_s >= 1.2
+    assert trainer.step == 5 and trainer.elapsed_s == 1.25
+    assert trainer.stop_reason == "the 0.02-minute budget (train.max_minutes) is spent"
     kept = sorted(p.name for p in tmp_path.glob("step_*.pt"))
-    assert kept == [f"step_{s:07d}.pt" for s in range(2, trainer.step + 1, 2)]
+    assert kept == ["step_0000002.pt", "step_0000004.pt"]
     assert load_checkpoint(tmp_path / kept[0])["step"] == 2
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 5
+
+
+def test_max_steps_ends_a_time_scheduled_run_and_the_log_says_so(tiny_dataset, tmp_path, caplog):
+    from mobius_core.training import engine
+
+    # shapes_tiny's 38.4-minute time schedule with a step limit: the steps come first
+    trainer = _trainer(tiny_dataset, tmp_path, **{"train.max_steps": 3})
+    assert trainer.cfg.train.time_schedule and trainer.cfg.train.max_minutes == 38.4
+    _fake_clock(trainer, 1.0)
+    _fail_past(trainer, 6)
+    with caplog.at_level(logging.INFO, logger=engine.log.name):
+        trainer.fit()
+    assert trainer.step == 3 and trainer.elapsed_s == 3.0
+    assert trainer.stop_reason == "the step limit train.max_steps=3 is reached"
+    assert "stopping at step 3: the step limit train.max_steps=3 is reached" in caplog.text
+
+
+def test_cli_set_max_steps_ends_a_time_scheduled_run(tiny_dataset, tmp_path, capsys, monkeypatch):
+    from mobius_core.cli import main
+
+    real = Trainer.train_step
+
+    def step(self):  # fail instead of training on for the 38.4-minute budget
+        if self.step >= 6:
+            raise AssertionError(f"still training at step {self.step}: max_steps was ignored")
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    sets = [x for k, v in OVERRIDES.items() for x in ("--set", f"{k}={json.dumps(v)}")]
+    sets += ["--set", "model.text_encoder.pretrained=false", "--set", "train.max_steps=3"]
+    data = ["--data", str(tiny_dataset.ann_file), "--images", str(tiny_dataset.image_dir)]
+    argv = ["train", "shapes_tiny", *data, "--out", str(tmp_path), "--no-progress", *sets]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "trained to step 3: the step limit train.max_steps=3 is reached" in out
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
 
 
 def test_ema_follows_the_weights_and_is_what_a_release_ships(tiny_dataset, tmp_path):
@@ -303,9 +400,11 @@ def test_linear_and_cosine_decay_reach_zero_at_the_end_of_steps_or_budget():
     )
     timed = load_config(
         "shapes_tiny",
-        {**base, "train.lr_decay": "linear", "train.time_schedule": True, "train.max_minutes": 1.0},
-    ).train
-    # the budget's fraction, whatever the step; lr_drop_steps only serve the step decay
+        {**base, "train.lr_decay": "linear", "train.time_schedule": True, "train.max_minutes": 1.0,
+         "train.max_steps": None},
+    ).train  # fmt: skip
+    # no step limit: the budget's fraction, whatever the step; lr_drop_steps only serve the
+    # step decay
     assert [lr_factor(1000, timed, e) for e in (0.0, 15.0, 60.0)] == pytest.approx([1.0, 0.75, 0.0])
     with pytest.raises(ConfigError, match="lr_decay"):
         load_config("shapes_tiny", {"train.lr_decay": "exponential"})
