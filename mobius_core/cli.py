@@ -212,18 +212,13 @@ def _load_model(cfg, checkpoint: str | None, overrides: list[str]):
 
 
 def _cmd_release(args: argparse.Namespace) -> int:
-    from .atomic import atomic_write_bytes
-    from .training.checkpoint import load_checkpoint, release_state
+    from .training.checkpoint import load_checkpoint, release_state, save_checkpoint
 
     state = release_state(
         load_checkpoint(args.checkpoint), args.keep_text_encoder, args.half, ema=not args.no_ema
     )
-    buf = io.BytesIO()
-    import torch
-
-    torch.save(state, buf)
-    path = atomic_write_bytes(args.out, buf.getvalue())
-    print(f"{path}: {len(buf.getvalue()) / 1e6:.1f} MB, {len(state['model'])} tensors")
+    path = save_checkpoint(args.out, state)  # atomic, with a content hash
+    print(f"{path}: {path.stat().st_size / 1e6:.1f} MB, {len(state['model'])} tensors")
     return 0
 
 

@@ -1,8 +1,21 @@
-"""Checkpoints: written atomically, loaded with ``torch.load(weights_only=True)``."""
+"""Checkpoints: written atomically with a SHA-256 of their content, loaded with
+``torch.load(weights_only=True)`` and checked against it.
+
+The hash (``content_sha256`` in the saved dict) covers every tensor's dtype, shape and
+bytes and every other value, so a file damaged after it was written (a bad disk, copy or
+download) is refused instead of loading wrong weights. A file without one (written before
+checkpoints carried it) loads with one warning; ``python -m mobius_core.training.checkpoint
+FILE...`` adds it, keeping every tensor bit for bit.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
+import pickle
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,33 +23,153 @@ import torch
 
 from ..atomic import atomic_write_bytes
 
+log = logging.getLogger(__name__)
+
+HASH_KEY = "content_sha256"
+_warned_unhashed: set[str] = set()  # files already warned about, once each
+
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt or does not fit the model."""
 
 
+def content_sha256(state: dict[str, Any]) -> str:
+    """SHA-256 of ``state`` without its own ``content_sha256``: each tensor's dtype, shape
+    and bytes and each other value's type and repr, in order, keys included."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in state.items() if k != HASH_KEY})
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"tensor {flat.dtype} {tuple(value.shape)};".encode())
+        if flat.numel():
+            digest.update(flat.view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)};".encode())
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__} {len(value)};".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        text = repr(value)
+        digest.update(f"{type(value).__name__} {len(text)} {text};".encode())
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to a temporary file beside ``path``, then rename: never half-written."""
+    """Write ``state`` and its content hash to a temporary file beside ``path``, then
+    rename: never half-written. ``state`` itself is not changed."""
+    state = {**state, HASH_KEY: content_sha256(state)}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint safely (tensors and plain Python values only)."""
-    path = Path(path)
+def _read(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The state in ``path`` and the content hash it records (None: none), checked."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): it was truncated, e.g. by an interrupted "
+            "copy or download or a full disk; copy it again, use an earlier checkpoint or retrain"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except pickle.UnpicklingError as exc:
+        # torch's message suggests loading it without weights_only, which would run what
+        # the file holds: never repeated here, nor chained (from None)
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"checkpoint {path} holds code or Python objects other than tensors and plain "
+                f"values (it calls or builds {found.group(1)}): it is refused, since loading it "
+                "could run that code. A MOBIUS checkpoint holds only tensors and plain values: "
+                "use one written by `mobius train` or `mobius release`"
+            ) from None
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a MOBIUS checkpoint ({exc}); "
-            "use an earlier checkpoint or retrain"
+            f"checkpoint {path} is corrupt or not a MOBIUS checkpoint: its pickled data does "
+            "not read as tensors and plain values; copy it again, use an earlier checkpoint "
+            "or retrain"
+        ) from None
+    except Exception as exc:
+        detail = str(exc) or type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated, or not a MOBIUS checkpoint ({detail}); "
+            "copy it again, use an earlier checkpoint or retrain"
         ) from exc
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path} has no 'model' state; not a MOBIUS checkpoint")
+    recorded = state.pop(HASH_KEY, None)
+    if recorded is not None and recorded != content_sha256(state):
+        fix = "copy it again, use an earlier checkpoint or retrain"
+        if path.resolve().parent == WEIGHTS_DIR:
+            fix = "reinstall the package (or restore the file from its git repository)"
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its content does not match the SHA-256 recorded "
+            f"when it was saved, so the file changed after it was written (a bad disk, copy or "
+            f"download); {fix}"
+        )
+    return state, recorded
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint safely (tensors and plain Python values only) and check its content
+    hash; a file without one loads with one warning (per file and process)."""
+    path = Path(path)
+    state, recorded = _read(path)
+    if recorded is None and str(path.resolve()) not in _warned_unhashed:
+        _warned_unhashed.add(str(path.resolve()))
+        log.warning(
+            "checkpoint %s has no content hash (it was written before MOBIUS checkpoints "
+            "carried one), so damage to it cannot be detected; "
+            "`python -m mobius_core.training.checkpoint %s` adds one",
+            path,
+            path,
+        )
     return state
+
+
+def add_content_hash(path: str | Path) -> bool:
+    """Write the checkpoint ``path`` again (atomically) with a content hash, every tensor
+    and value unchanged, which it then checks by reading the file back; False if it had a
+    (valid) hash already."""
+    path = Path(path)
+    state, recorded = _read(path)
+    if recorded is not None:
+        return False
+    save_checkpoint(path, state)
+    again, recorded = _read(path)
+    if recorded != content_sha256(state) or not same_content(state, again):
+        raise CheckpointError(f"{path} changed when written again with a content hash")
+    return True
+
+
+def same_content(a: Any, b: Any) -> bool:
+    """Whether two states hold the same values, tensors bit for bit (dtype, shape, bytes)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return False
+        flat_a, flat_b = (t.detach().cpu().contiguous().reshape(-1) for t in (a, b))
+        return bool(torch.equal(flat_a.view(torch.uint8), flat_b.view(torch.uint8)))
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict) and list(a) == list(b) and all(same_content(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, (list, tuple)):
+        return (
+            type(a) is type(b)
+            and len(a) == len(b)
+            and all(same_content(x, y) for x, y in zip(a, b))
+        )
+    return type(a) is type(b) and repr(a) == repr(b)
 
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -115,3 +248,23 @@ def shipped_checkpoint(config_name: str) -> Path | None:
     """The checkpoint shipped in the package for a zoo config, if there is one."""
     path = WEIGHTS_DIR / f"{config_name}.pt"
     return path if path.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mobius_core.training.checkpoint FILE...``: add a content hash to each."""
+    files = sys.argv[1:] if argv is None else argv
+    if not files:
+        print("usage: python -m mobius_core.training.checkpoint CHECKPOINT...", file=sys.stderr)
+        return 2
+    for name in files:
+        try:
+            added = add_content_hash(name)
+        except CheckpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{name}: {'content hash added' if added else 'has a valid content hash already'}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
