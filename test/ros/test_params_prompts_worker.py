@@ -96,20 +96,23 @@ def test_prompt_state_keeps_the_old_prompts_on_any_failure():
 
 def test_worker_takes_only_the_newest_frame_and_survives_errors():
     seen, errors = [], []
-    gate = threading.Event()
+    gate, taken = threading.Event(), threading.Event()
 
     def process(frame):
         if frame == "bad":
             raise ValueError("bad frame")
-        gate.wait(5)
+        taken.set()
+        gate.wait(60)
         seen.append(frame)
 
     w = LatestFrameWorker(process, errors.append)
     try:
         w.submit("bad")
-        time.sleep(0.1)
-        w.submit(0)  # taken at once, blocks on the gate
-        time.sleep(0.1)
+        deadline = time.monotonic() + 60  # generous limits, for waiting on the thread
+        while not errors and time.monotonic() < deadline:
+            time.sleep(0.01)
+        w.submit(0)
+        assert taken.wait(60)  # frame 0 is in process(), held at the gate
         for i in range(1, 50):
             w.submit(i)  # each replaces the pending one
         gate.set()
@@ -125,18 +128,19 @@ def test_worker_takes_only_the_newest_frame_and_survives_errors():
 
 def test_worker_min_period_throttles_the_start_rate():
     starts = []
-    w = LatestFrameWorker(lambda f: starts.append(time.monotonic()))
+    # each frame's start as the worker took it, the time its throttle counts from
+    w = LatestFrameWorker(lambda f: starts.append(w._last_start))
     w.min_period_s = 0.05
     try:
-        end = time.monotonic() + 0.6
-        while time.monotonic() < end:
-            w.submit(1)
+        deadline = time.monotonic() + 60  # a generous limit, for waiting on the thread
+        while len(starts) < 6 and time.monotonic() < deadline:
+            w.submit(1)  # frames every 5 ms: 10x the rate allowed
             time.sleep(0.005)
     finally:
         w.close()
     gaps = np.diff(starts)
-    assert len(starts) >= 5 and gaps.min() >= 0.045
-    assert len(starts) <= 14  # at most ~0.6 s / 0.05 s, however fast frames come
+    assert len(starts) >= 6
+    assert gaps.min() >= 0.05 - 1e-9  # never two starts closer than min_period_s
 
 
 def test_one_table_describes_and_checks_every_parameter():
