@@ -196,6 +196,7 @@ class SegmentationNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.configuring = True
         start = time.perf_counter()
+        self.log.info("configuring: loading the model (a first start exports it to ONNX)")
         try:
             model = load_model(self.p)
             prompt_state = PromptState(model.segmenter, self.p.max_prompts,
@@ -232,6 +233,7 @@ class SegmentationNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # enables the lifecycle publishers
         self.stopping = False
+        self.bad_frames = 0  # counted, as the worker's statistics are, from activation
         self.worker = LatestFrameWorker(self._process, self._on_error)
         self.worker.min_period_s = self._min_period()
         self._subscribe_frames()
