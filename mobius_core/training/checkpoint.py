@@ -197,7 +197,8 @@ def release_state(
         "prompts": state.get("prompts", []),
         "step": state.get("step", 0),
         "text_encoder_included": keep_text_encoder,
-        "ema": bool(ema and state.get("ema")),
+        # whether "model" holds the EMA average (the average itself is not kept beside it)
+        "ema_averaged": bool(ema and state.get("ema")),
     }
 
 

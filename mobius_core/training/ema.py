@@ -69,6 +69,6 @@ def inference_weights(state: dict[str, Any], use_ema: bool = True) -> dict[str, 
     ``use_ema``), completed by the raw weights for keys it does not track."""
     weights = dict(state["model"])
     ema = state.get("ema") if use_ema else None
-    if ema:
+    if isinstance(ema, dict):  # a training checkpoint's EMA state (a release has averaged)
         weights.update(ema["shadow"])
     return weights

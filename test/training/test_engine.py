@@ -357,9 +357,17 @@ def test_ema_follows_the_weights_and_is_what_a_release_ships(tiny_dataset, tmp_p
     key = "decoder.box_head.layers.0.weight"
     assert not torch.equal(state["ema"]["shadow"][key], state["model"][key])
     released = release_state(state)
-    assert released["ema"] and torch.equal(released["model"][key], state["ema"]["shadow"][key])
+    assert released["ema_averaged"]
+    assert torch.equal(released["model"][key], state["ema"]["shadow"][key])
     raw = release_state(state, ema=False)
-    assert torch.equal(raw["model"][key], state["model"][key])
+    assert torch.equal(raw["model"][key], state["model"][key]) and not raw["ema_averaged"]
+    # a release (and one written before the flag was renamed, "ema": True) loads as it is
+    from mobius_core.training.checkpoint import load_model_weights
+
+    for rel in (released, {**released, "ema": True}):
+        model = trainer.model
+        load_model_weights(model, rel, "release.pt")
+        torch.testing.assert_close(model.state_dict()[key], state["ema"]["shadow"][key])
     resumed = _trainer(tiny_dataset, tmp_path / "a", **{"train.ema_decay": 0.9})
     resumed.resume(tmp_path / "a" / "last.pt")
     assert resumed.ema.updates == 3
