@@ -267,10 +267,10 @@ MCAP_MAGIC = b"\x89MCAP0\r\n"
 
 def _bag_metadata(bag: Path) -> dict[str, Any] | None:
     """``rosbag2_bagfile_information`` of ``bag/metadata.yaml``; None if absent or bad."""
-    from ruamel.yaml import YAML
+    import yaml
 
     try:
-        info = YAML(typ="safe").load((bag / "metadata.yaml").read_text())
+        info = yaml.safe_load((bag / "metadata.yaml").read_text())
         info = info["rosbag2_bagfile_information"]
         return info if isinstance(info, dict) else None
     except Exception:  # missing, unreadable or not a rosbag2 metadata file
@@ -354,7 +354,8 @@ def _mcap_records(path: Path, damage: list[tuple[int, int, str]]):
     """("channel", topic, msgtype, 0, b"") and ("message", topic, msgtype, log time, data)
     of an MCAP file in file order, up to the first record that is cut short or invalid
     (noted in ``damage``). Chunks are decompressed; a chunk cut short is read as far as it
-    goes when it is not compressed."""
+    goes when it is not compressed (rosbags and rosbag2 write uncompressed chunks unless
+    asked)."""
     size = path.stat().st_size
     schemas: dict[int, str] = {}
     channels: dict[int, tuple[str, str]] = {}
@@ -397,27 +398,17 @@ def _chunk_records(body: bytes, schemas, channels, partial: bool):
     (0 for a compressed chunk, whose bytes do not map to the file's)."""
     # chunk: start time, end time, uncompressed size (u64), crc (u32), compression, records
     usize = int.from_bytes(body[16:24], "little")
+    crc = int.from_bytes(body[24:28], "little")
     n = int.from_bytes(body[28:32], "little")
     compression = body[32 : 32 + n].decode(errors="replace")
     start = 32 + n + 8
     data = body[start:]
-    if compression == "zstd":
-        try:
-            from compression import zstd  # Python >= 3.14
-        except ImportError:
-            from backports import zstd
+    if compression and partial:
+        return 0  # a compressed stream cut short: not worth the guessing
+    if not partial:  # rosbags' own check of size and checksum, and its decompressors
+        from rosbags.rosbag2.storage_mcap import decompress
 
-        data = zstd.ZstdDecompressor().decompress(data) if partial else zstd.decompress(data)
-    elif compression == "lz4":
-        try:
-            import lz4.frame
-        except ImportError as exc:
-            raise ValueError("it is lz4-compressed and the lz4 package is missing") from exc
-        data = lz4.frame.decompress(data)
-    elif compression:
-        raise ValueError(f"unknown compression {compression!r}")
-    if not partial and len(data) != usize:
-        raise ValueError(f"it holds {len(data)} bytes, not the {usize} it says")
+        data = decompress(data, compression, usize, crc)
     pos = 0
     while pos + 9 <= len(data):
         op, length = data[pos], int.from_bytes(data[pos + 1 : pos + 9], "little")

@@ -133,6 +133,29 @@ def test_truncated_bags_are_read_up_to_the_damage(tmp_path, storage, size, frame
     assert "unread" in text and report.unread_bytes > 0
 
 
+def test_a_truncated_compressed_mcap_keeps_its_whole_chunks(tmp_path):
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
+
+    ts = typestore()
+    Image, Header = ts.types["sensor_msgs/msg/Image"], ts.types["std_msgs/msg/Header"]
+    Time = ts.types["builtin_interfaces/msg/Time"]
+    rng = np.random.default_rng(0)  # noise: zstd cannot shrink it, so chunks stay ~1 MB
+    writer = Writer(tmp_path / "z", version=9, storage_plugin=StoragePlugin.MCAP)
+    writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+    with writer:
+        conn = writer.add_connection(IMAGE_TOPIC, Image.__msgtype__, typestore=ts)
+        for k in range(12):
+            msg = Image(header=Header(stamp=Time(sec=k, nanosec=0), frame_id="c"), height=320,
+                        width=320, encoding="rgb8", is_bigendian=0, step=960,
+                        data=rng.integers(0, 255, 320 * 320 * 3, dtype=np.uint8))  # fmt: skip
+            writer.write(conn, k + 1, ts.serialize_cdr(msg, Image.__msgtype__))
+    report = ReadReport()
+    frames = list(read_frames(_cut_copy(tmp_path / "z", tmp_path / "cut", 0.9), IMAGE_TOPIC,
+                              report))  # fmt: skip
+    assert [f.stamp_ns // 10**9 for f in frames] == list(range(len(frames))) and frames
+    assert report.skipped_corrupt == 12 - len(frames) > 0 and "cut short" in report.damage[0]
+
+
 def test_a_truncated_bag_without_metadata_is_read_from_its_storage_file(tmp_path):
     """What a recorder killed before it closed the bag leaves: no metadata.yaml."""
     bag, _ = make_bag(tmp_path / "b", "val", 10, size=(64, 64))
