@@ -15,6 +15,7 @@ import contextlib
 import json
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -524,10 +525,19 @@ def _padded_copy(src: Path, dst: Path, pad: int) -> None:
 
 
 class BagRecorder:
-    """Writes serialized messages the node published into ``path`` (a new rosbag2 folder).
-    Closed in ``__exit__`` so an interrupted replay leaves a readable bag."""
+    """Writes serialized messages the node published into ``path`` (a new rosbag2 folder,
+    sqlite3 storage) as they come, so that however the writing process ends, ``kill -9``
+    included, rosbags opens the bag with every message written before: each message is
+    committed when it is written, and metadata.yaml is written (atomically) when the bag is
+    opened, when a topic is added and then at most every ``metadata_every_s`` (its counts
+    may lag; the messages are all in the file). rosbags' own writers keep an MCAP file's
+    data in memory, and commit a SQLite file and write metadata.yaml, only when closed.
 
-    def __init__(self, path: str | Path) -> None:
+    The commits are not synced to disk (``PRAGMA synchronous=OFF``): a killed process loses
+    nothing, a power cut may lose the last messages; closing (``__exit__``, which writes
+    rosbags' final metadata) syncs everything."""
+
+    def __init__(self, path: str | Path, metadata_every_s: float = 1.0) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
         from rosbags.typesys import get_types_from_msg
 
@@ -536,19 +546,69 @@ class BagRecorder:
         for name in MSG_NAMES:
             text = (folder / f"{name}.msg").read_text()
             self.ts.register(get_types_from_msg(text, f"mobius_ros/msg/{name}"))
-        self.writer = Writer(Path(path), version=9, storage_plugin=StoragePlugin.MCAP)
+        self.path = Path(path)
+        self.writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.SQLITE3)
         self.connections: dict[str, Any] = {}
         self.count = 0
+        self.metadata_every_s, self._metadata_due = metadata_every_s, 0.0
 
     def __enter__(self) -> BagRecorder:
         self.writer.open()
+        self._db().execute("PRAGMA synchronous=OFF")
+        self._commit(metadata=True)
         return self
 
     def write(self, topic: str, msgtype: str, timestamp_ns: int, cdr: bytes) -> None:
-        if topic not in self.connections:
+        new = topic not in self.connections
+        if new:
             self.connections[topic] = self.writer.add_connection(topic, msgtype, typestore=self.ts)
         self.writer.write(self.connections[topic], timestamp_ns, cdr)
         self.count += 1
+        self._commit(metadata=new or time.monotonic() >= self._metadata_due)
+
+    def _db(self) -> sqlite3.Connection:
+        conn = getattr(self.writer.storage, "conn", None)  # rosbags' Sqlite3Writer
+        if not isinstance(conn, sqlite3.Connection):
+            raise RuntimeError(
+                "this rosbags version's SQLite writer has no `conn` to commit each message "
+                "with; install the rosbags version constraints.txt pins"
+            )
+        return conn
+
+    def _commit(self, metadata: bool) -> None:
+        self._db().commit()
+        if metadata:
+            atomic_write_bytes(self.path / "metadata.yaml", self._metadata().encode())
+            self._metadata_due = time.monotonic() + self.metadata_every_s
+
+    def _metadata(self) -> str:
+        """metadata.yaml as rosbags writes it when it closes a bag, for the messages so far."""
+        import yaml
+        from rosbags.rosbag2.metadata import dump_qos_v9
+
+        w = self.writer
+        count = sum(w.counts.values())
+        start, duration = w.min_timestamp, max(0, w.max_timestamp - w.min_timestamp)
+        name = w.storage.path.name
+        info = {
+            "version": w.version, "storage_identifier": "sqlite3",
+            "relative_file_paths": [name], "duration": {"nanoseconds": duration},
+            "starting_time": {"nanoseconds_since_epoch": start}, "message_count": count,
+            "topics_with_message_count": [
+                {"topic_metadata": {"name": c.topic, "type": c.msgtype,
+                                    "serialization_format": c.ext.serialization_format,
+                                    "offered_qos_profiles": dump_qos_v9(c.ext.offered_qos_profiles),
+                                    "type_description_hash": c.digest},
+                 "message_count": w.counts[c.id]}
+                for c in w.connections
+            ],
+            "compression_format": "", "compression_mode": "",
+            "files": [{"path": name, "starting_time": {"nanoseconds_since_epoch": start},
+                       "duration": {"nanoseconds": duration}, "message_count": count}],
+            "custom_data": None, "ros_distro": "rosbags",
+        }  # fmt: skip
+        return yaml.safe_dump({"rosbag2_bagfile_information": info}, default_flow_style=False)
 
     def __exit__(self, *exc: object) -> None:
+        self._db().execute("PRAGMA synchronous=FULL")  # the final commit is synced
         self.writer.close()

@@ -3,6 +3,10 @@
 mobius-ros node [--ros-args -p prompts:="['forklift','pallet']" -r image:=/camera/image_raw]
 mobius-ros camera [--rate 15] [--ros-args ...]
 mobius-ros demo [--out demo_out] [--seconds 10]
+mobius-ros make-bag --out DIR [--frames 20] [--storage mcap|sqlite3]
+mobius-ros replay BAG [--gt gt.json] [--rate 1.0|max] [--out replay_out]
+  (exit status: 0 done, 2 refused with the reason, 130/143 stopped by SIGINT/SIGTERM
+  with a partial report)
 """
 
 from __future__ import annotations
@@ -32,6 +36,43 @@ def _exit_now(code: int) -> int:
     os._exit(code)
 
 
+# Set by `mobius-ros replay` for the node it starts: the pid the node must not outlive.
+PARENT_ENV = "MOBIUS_EXIT_WITH_PARENT"
+
+
+def exit_with_parent() -> None:
+    """End this process (SIGTERM to itself, which the node handles as a clean stop) when the
+    process named by ``$MOBIUS_EXIT_WITH_PARENT`` ends, however it ends (``kill -9``
+    included): on Linux the kernel sends it (prctl PR_SET_PDEATHSIG), elsewhere a thread
+    watches the parent pid. A no-op without the variable."""
+    import signal
+
+    text = os.environ.pop(PARENT_ENV, "")
+    if not text.isdigit():
+        return
+    parent = int(text)
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            armed = False
+    if not armed:
+        import threading
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+    if os.getppid() != parent:  # it ended before the above was in place
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ros_environment()
@@ -42,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         # seconds), Ctrl-C or SIGTERM ends the process at once: nothing is open yet.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: os._exit(0))
+        exit_with_parent()
         from .node import run
 
         return _exit_now(run(["mobius-ros", *argv[1:]]))
@@ -97,20 +139,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bag: {bag_path} ({args.frames} frames on /camera/image_raw); ground truth: {gt}")
         return 0
     if args.cmd == "replay":
+        import signal
+
         from .replay import parse_rate, run_replay
+
+        def progress(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
 
         try:
             prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
             report = run_replay(args.bag, args.image_topic, args.out, parse_rate(args.rate),
                                 prompts, args.gt, {"target_fps": str(args.target_fps)},
-                                args.domain_id)  # fmt: skip
-        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+                                args.domain_id, progress=progress)  # fmt: skip
+        except (ValueError, OSError, RuntimeError) as exc:
             print(f"mobius-ros replay: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # Ctrl-C before the node was started: nothing to stop
+            print("mobius-ros replay: interrupted before the replay began", file=sys.stderr)
+            return 128 + int(signal.SIGINT)
         keys = ("frames", "outputs", "dropped", "fps", "latency_p50_ms", "latency_p95_ms",
                 "mask_ap")  # fmt: skip
         print(json.dumps({k: report[k] for k in keys if k in report}))
         print(f"report: {args.out / 'report.md'}")
+        if report["interrupted"]:  # exit status 128 + the signal, as a shell reports it
+            total = f" of {report['frames_listed']}" if report["frames_listed"] else ""
+            print(f"mobius-ros replay: stopped by {report['signal']} after {report['outputs']}"
+                  f"{total} frames; the report and {args.out / 'outputs'} cover those",
+                  file=sys.stderr)  # fmt: skip
+            return 128 + int(signal.Signals[report["signal"]])
         return 0
     from .demo import run_demo
 

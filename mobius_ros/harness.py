@@ -18,9 +18,11 @@ from .localenv import local_ros_env
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_node(params: dict[str, str], domain_id: int, log: Path, source: bool = True):
+def start_node(params: dict[str, str], domain_id: int, log: Path, source: bool = True,
+               env: dict[str, str] | None = None, **popen: Any):  # fmt: skip
     """Start the node in its own process. ``params``: name -> ROS value text.
-    ``source``: run this checkout's code (python -m) rather than the installed executable."""
+    ``source``: run this checkout's code (python -m) rather than the installed executable.
+    ``env`` (default os.environ) gets the local ROS settings; ``popen``: more Popen options."""
     args = [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
     exe = (
         [sys.executable, "-m", "mobius_ros.cli", "node"]
@@ -29,7 +31,7 @@ def start_node(params: dict[str, str], domain_id: int, log: Path, source: bool =
     )
     with open(log, "w") as f:
         return subprocess.Popen([*exe, "--ros-args", *args], stdout=f, stderr=subprocess.STDOUT,
-                                env=local_ros_env(domain_id), cwd=ROOT)  # fmt: skip
+                                env=local_ros_env(domain_id, env), cwd=ROOT, **popen)  # fmt: skip
 
 
 def ros2_cli() -> Path | None:

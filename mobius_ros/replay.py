@@ -1,19 +1,32 @@
 """``mobius-ros replay``: a recorded bag through the real node, measured.
 
-Frames are read from the bag (``bags.read_frames``), published to a node running in its
-own process at the recorded rate (``--rate 1.0``, or a multiple) or as fast as the node
-takes them (``--rate max``: the next frame after the previous result), and every
-InstanceArray the node publishes is written to ``OUT/outputs`` (rosbag2, mcap). The report
-(``OUT/report.json``, ``OUT/report.md`` with plots) gives per-frame latency (publication to
-result), p50/p95/max, achieved FPS, dropped frames, kept queries and the budget's settings
-over time, and with ground truth (COCO json whose images carry ``timestamp_ns``) box and
-mask AP through the same evaluator as ``mobius eval``.
+Frames are read from the bag (``bags.read_frames``; a damaged bag up to the damage),
+published to a node running in its own process at the recorded rate (``--rate 1.0``, or a
+multiple) or as fast as the node takes them (``--rate max``: the next frame after the
+previous result), and every InstanceArray the node publishes is written to ``OUT/outputs``
+(rosbag2, sqlite3) when it arrives, each committed at once. The report (``OUT/report.json``,
+``OUT/report.md`` with plots) gives per-frame latency (publication to result), p50/p95/max,
+achieved FPS, dropped frames, kept queries and the budget's settings over time, what was
+skipped in the bag and why, and with ground truth (COCO json whose images carry
+``timestamp_ns``) box and mask AP through the same evaluator as ``mobius eval``.
+
+The report is written when the node is up, again every few seconds while frames go out,
+and at the end, each time atomically; until the end it says it is partial and how many
+frames are done. SIGINT or SIGTERM stops the replay cleanly: the node is stopped, the bag
+closed and a final partial report written (the command then exits 130 or 143). The node runs
+in its own process group, which is stopped on the way out, and it ends itself when the
+replay process ends in any other way (``kill -9``): see ``cli.exit_with_parent``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
+import signal
+import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +36,7 @@ import numpy as np
 from mobius_core.atomic import atomic_write_bytes
 
 from .bags import BagRecorder, ReadReport, check_topic, msg_dir, read_frames
-from .harness import Harness, ros_list, start_node, stop
+from .harness import Harness, ros_list, start_node
 from .localenv import use_local_ros_env
 
 
@@ -74,18 +87,136 @@ def outputs_to_coco(msg: Any, image_id: int, cat_ids: list[int]) -> list[dict[st
     return results
 
 
+INSTANCES_TOPIC = "/mobius/instances"
+INSTANCES_TYPE = "mobius_ros/msg/InstanceArray"
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM during a replay (a BaseException, like KeyboardInterrupt, so that
+    no ``except Exception`` on the way swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGINT and SIGTERM raise :class:`Interrupted` once, while ``state["armed"]``; later
+    ones (while the replay stops) are only noted. Main thread only (signals go there)."""
+    state: dict[str, Any] = {"armed": True, "signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum, _frame):
+        state["signal"] = state["signal"] or signum
+        if state["armed"]:
+            state["armed"] = False
+            raise Interrupted(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def stop_node(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM to the node's process group (its own session), SIGKILL to the group if the
+    node is not gone after ``timeout`` s, and to anything left in the group after it."""
+    if proc is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+class _Replay:
+    """What a replay has done so far; records results as they arrive and writes the report."""
+
+    def __init__(self, out: Path, gt, prompts, rate, report_every_s: float, progress) -> None:
+        self.out, self.gt, self.prompts, self.rate = out, gt, prompts, rate
+        self.read = ReadReport()
+        self.sent: dict[int, tuple[int, float]] = {}  # stamp.sec -> (frame index, publish time)
+        self.frames_meta: list[tuple[int, int]] = []  # (bag time, header stamp) per frame
+        self.h: Harness | None = None
+        self.rec: BagRecorder | None = None
+        self.recorded = 0  # results of h.instances written to the bag
+        self.status = "starting"
+        self.node_pid: int | None = None
+        self.every, self.next_write = report_every_s, 0.0
+        self.progress = progress
+
+    def record_new(self) -> None:
+        """Write the results that arrived since the last call to the output bag."""
+        from rclpy.serialization import serialize_message
+
+        instances = self.h.instances
+        if self.rec is None or len(instances) <= self.recorded:
+            return
+        for t_arrived, msg in itertools.islice(instances.values(), self.recorded, None):
+            self.rec.write(INSTANCES_TOPIC, INSTANCES_TYPE, int(t_arrived * 1e9),
+                           serialize_message(msg))  # fmt: skip
+            self.recorded += 1
+
+    def spin(self, seconds: float, until=lambda: False) -> bool:
+        """Spin the harness, recording each result as it arrives."""
+        return self.h.spin(seconds, lambda: self.record_new() or until())
+
+    def write(self, final: bool = False) -> dict[str, Any]:
+        instances = self.h.instances if self.h is not None else {}
+        diag = self.h.diag if self.h is not None else []
+        report = _report(self.sent, instances, diag, self.frames_meta, self.read, self.gt,
+                         self.prompts, self.rate, self.status, final)  # fmt: skip
+        report["node_pid"] = self.node_pid
+        atomic_write_bytes(self.out / "report.json", json.dumps(report, indent=2).encode())
+        _write_page(self.out, report)
+        return report
+
+    def maybe_write(self) -> None:
+        """The partial report every ``report_every_s`` s (more seldom if writing it takes
+        more than a tenth of that), with a progress line."""
+        now = time.monotonic()
+        if now < self.next_write:
+            return
+        report = self.write()
+        cost = time.monotonic() - now
+        self.next_write = time.monotonic() + max(self.every, 10 * cost)
+        if self.progress is not None:
+            total = f" of {self.read.listed}" if self.read.listed else ""
+            ap = f", mask AP so far {report['mask_ap']:.1f}" if "mask_ap" in report else ""
+            self.progress(f"replay: {report['published']}{total} frames sent, "
+                          f"{report['outputs']} results, p50 {report['latency_p50_ms']:.0f} ms"
+                          f"{ap}")  # fmt: skip
+
+
 def run_replay(
     bag: str | Path, image_topic: str, out: str | Path, rate: float | None = None,
     prompts: list[str] | None = None, gt_path: str | Path | None = None,
     node_params: dict[str, str] | None = None, domain_id: int | None = None,
-    timeout_s: float = 20.0,
+    timeout_s: float = 20.0, report_every_s: float = 5.0, progress=None,
 ) -> dict[str, Any]:  # fmt: skip
-    from rclpy.serialization import serialize_message
-
+    """Replay ``bag`` through the node; the final report (``report["interrupted"]`` and
+    ``report["signal"]`` say whether SIGINT/SIGTERM cut it short). ``progress``: called with
+    a line of text at each partial report."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    check_topic(bag, image_topic)  # clear errors before the node starts
+    check_readable(bag, image_topic)  # clear errors before the node starts
     msg_dir()
+    if (out / "outputs").exists():
+        raise FileExistsError(
+            f"{out / 'outputs'} exists (an earlier replay's output bag); remove it or choose "
+            "another --out"
+        )
     gt = load_gt(gt_path) if gt_path else None
     if gt is not None and not prompts:
         prompts = [c["name"] for c in gt["categories"]]
@@ -101,61 +232,90 @@ def run_replay(
     domain = domain_id if domain_id is not None else 1 + os.getpid() % 100
     use_local_ros_env(domain)
     import rclpy
+    from rclpy.signals import SignalHandlerOptions
 
-    proc = start_node(params, domain, out / "node.log")
-    rclpy.init()
-    h = Harness("mobius_replay", masks=False)
-    read = ReadReport()
-    sent: dict[int, tuple[int, float]] = {}  # stamp.sec used -> (frame index, publish time)
-    frames_meta: list[tuple[int, int]] = []  # (bag time, header stamp) per frame
-    interrupted = False
-    try:
-        if not h.wait_for_node(240):
-            raise RuntimeError(f"the node did not start; see {out / 'node.log'}")
-        h.send(h.image(np.zeros((64, 64, 3), np.uint8)))  # warm-up, not counted
-        h.instances.clear()
-        with BagRecorder(out / "outputs") as rec:
-            start, t_first = time.monotonic(), None
-            try:
-                for frame in read_frames(bag, image_topic, read):
-                    frames_meta.append((frame.timestamp_ns, frame.stamp_ns))
+    from .cli import PARENT_ENV
+
+    run = _Replay(out, gt, prompts, rate, report_every_s, progress)
+    proc = None
+    with _interruptible() as state:
+        try:
+            # its own process group, stopped on the way out; and it ends itself if this
+            # process ends without that (kill -9)
+            proc = start_node(params, domain, out / "node.log", start_new_session=True,
+                              env={**os.environ, PARENT_ENV: str(os.getpid())})  # fmt: skip
+            run.node_pid = proc.pid
+            run.write()
+            rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+            run.h = h = Harness("mobius_replay", masks=False)
+            if not h.wait_for_node(240):
+                raise RuntimeError(f"the node did not start; see {out / 'node.log'}")
+            h.send(h.image(np.zeros((64, 64, 3), np.uint8)))  # warm-up, not counted
+            h.instances.clear()
+            with BagRecorder(out / "outputs") as run.rec:
+                run.status = "running"
+                start, t_first = time.monotonic(), None
+                for frame in read_frames(bag, image_topic, run.read):
+                    run.frames_meta.append((frame.timestamp_ns, frame.stamp_ns))
                     msg = h.image(frame.rgb)
                     if rate is not None:
                         t_first = frame.timestamp_ns if t_first is None else t_first
                         due = start + (frame.timestamp_ns - t_first) / 1e9 / rate
-                        h.spin(max(0.0, due - time.monotonic()))
-                    sent[msg.header.stamp.sec] = (frame.index, time.monotonic())
+                        run.spin(max(0.0, due - time.monotonic()))
+                    run.sent[msg.header.stamp.sec] = (frame.index, time.monotonic())
                     h.pub.publish(msg)
                     if rate is None:  # the next frame once this one is done
-                        h.spin(timeout_s, lambda s=msg.header.stamp.sec: s in h.instances)
-                h.spin(3.0)
-            except KeyboardInterrupt:
-                interrupted = True
-            for _, (t_arrived, msg) in sorted(h.instances.items()):
-                rec.write("/mobius/instances", "mobius_ros/msg/InstanceArray",
-                          int(t_arrived * 1e9), serialize_message(msg))  # fmt: skip
-    finally:
-        h.close()
-        rclpy.shutdown()
-        stop(proc)
-    report = _report(sent, h, frames_meta, read, gt, prompts, rate, interrupted)
-    atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
-    _write_page(out, report)
+                        run.spin(timeout_s, lambda s=msg.header.stamp.sec: s in h.instances)
+                    run.maybe_write()
+                # the last results (and diagnostics), up to 3 s
+                run.spin(3.0, lambda: all(s in h.instances for s in run.sent))
+                state["armed"] = False  # done: a signal now only hurries the stop
+                run.status = "complete"
+        except (Interrupted, KeyboardInterrupt) as exc:
+            state["armed"] = False
+            name = exc.args[0] if isinstance(exc, Interrupted) else "SIGINT"
+            run.status = f"interrupted by {name}"
+        except BaseException as exc:
+            state["armed"] = False
+            run.status = f"failed: {exc}"
+            raise
+        finally:
+            state["armed"] = False  # stopping is not interrupted
+            if run.h is not None:
+                run.h.close()
+            if rclpy.ok():
+                rclpy.shutdown()
+            stop_node(proc)
+            report = run.write(final=run.status == "complete")
     return report
 
 
-def _report(sent, h, frames_meta, read, gt, prompts, rate, interrupted) -> dict[str, Any]:
+def check_readable(bag: str | Path, topic: str) -> None:
+    """ValueError naming the problem unless the first image of ``topic`` can be read."""
+    check_topic(bag, topic)
+    with contextlib.closing(read_frames(bag, topic, ReadReport())) as frames:
+        if next(frames, None) is None:
+            raise ValueError(f"no message on {topic} in {bag} is an image that can be read")
+
+
+def _report(sent, instances, diag, frames_meta, read, gt, prompts, rate, status,
+            final) -> dict[str, Any]:  # fmt: skip
     rows = []  # (frame index, publish, arrival, msg)
     for sec, (index, t_pub) in sent.items():
-        if sec in h.instances:
-            t_arr, msg = h.instances[sec]
+        if sec in instances:
+            t_arr, msg = instances[sec]
             rows.append((index, t_pub, t_arr, msg))
     rows.sort(key=lambda r: r[0])
     lat = np.array([(r[2] - r[1]) * 1e3 for r in rows])
     arrived = np.sort([r[2] for r in rows])
     span = arrived[-1] - arrived[0] if len(arrived) > 1 else 0.0
     report: dict[str, Any] = {
+        "status": status,
+        "partial": status != "complete",
+        "interrupted": status.startswith("interrupted"),
+        "signal": status.split()[-1] if status.startswith("interrupted") else None,
         "frames": read.frames,
+        "frames_listed": read.listed or None,
         "published": len(sent),
         "outputs": len(rows),
         "dropped": len(sent) - len(rows),
@@ -168,15 +328,16 @@ def _report(sent, h, frames_meta, read, gt, prompts, rate, interrupted) -> dict[
         "skipped_not_image": read.skipped_type,
         "skipped_corrupt": read.skipped_corrupt,
         "out_of_order_stamps": read.out_of_order,
+        "bag_damage": read.damage,
+        "bag_unread_bytes": read.unread_bytes,
         "problems": read.problems,
-        "interrupted": interrupted,
         "per_frame": [
             {"frame": i, "latency_ms": round((ta - tp) * 1e3, 2),
              "arrived_s": round(ta - arrived[0], 4), "instances": len(m.instances),
              "kept_queries": int(m.kept_queries), "inference_ms": round(float(m.inference_ms), 2)}
             for i, tp, ta, m in rows
         ],
-        "budget": _budget_trace(h),
+        "budget": _budget_trace(diag),
     }  # fmt: skip
     if gt is not None:
         from mobius_core.evaluation.coco import evaluate_coco
@@ -193,18 +354,22 @@ def _report(sent, h, frames_meta, read, gt, prompts, rate, interrupted) -> dict[
                 continue
             matched.add(image_id)
             results += [r for r in outputs_to_coco(msg, image_id, cat_ids) if r["category_id"] > 0]
-        replayed = {i for i in image_ids if i is not None}
+        # at the end every frame read counts (a dropped one as a miss); before, the frames
+        # still on their way would, so a partial figure covers the frames with results
+        replayed = {i for i in image_ids if i is not None} if final else matched
         sub = {**gt, "images": [im for im in gt["images"] if im["id"] in replayed]}
         sub["annotations"] = [a for a in gt["annotations"] if a["image_id"] in replayed]
-        report.update(evaluate_coco(sub, results))
+        if sub["images"]:
+            report.update(evaluate_coco(sub, results))
+            report["ap_over"] = "frames read" if final else "frames with results"
         report["gt_images"] = len(sub["images"])
         report["gt_images_with_output"] = len(matched)
     return report
 
 
-def _budget_trace(h: Harness) -> list[dict[str, str]]:
+def _budget_trace(diag: list[Any]) -> list[dict[str, str]]:
     out = []
-    for d in h.diag:
+    for d in diag:
         for st in d.status:
             if st.name.startswith("mobius_ros"):
                 v = {kv.key: kv.value for kv in st.values}
@@ -243,8 +408,12 @@ def _write_page(out: Path, r: dict[str, Any]) -> None:
         save(chart("kept queries (last layer)", [f["kept_queries"] for f in pf], (40, 150, 60),
                    "kept queries per frame"), "kept.png"),
     ]  # fmt: skip
-    lines = [
-        "# mobius_ros replay report", "",
+    lines = ["# mobius_ros replay report", ""]
+    if r["partial"]:
+        total = f" of the {r['frames_listed']} the bag lists" if r["frames_listed"] else ""
+        lines += [f"**Partial report ({r['status']}):** {r['outputs']} frames done"
+                  f"{total}. The figures below cover those.", ""]  # fmt: skip
+    lines += [
         f"{r['frames']} frames read, {r['published']} published (rate {r['rate']}), "
         f"{r['outputs']} results, {r['dropped']} dropped; {r['fps']:.1f} FPS.", "",
         "| latency p50 | p95 | max |", "|---:|---:|---:|",
@@ -254,13 +423,17 @@ def _write_page(out: Path, r: dict[str, Any]) -> None:
     ]  # fmt: skip
     if "mask_ap" in r:
         lines += [
-            f"Against the ground truth ({r['gt_images']} images): mask AP {r['mask_ap']:.1f}, "
-            f"mask AP50 {r['mask_ap50']:.1f}, box AP {r['box_ap']:.1f}.", ""
+            f"Against the ground truth ({r['gt_images']} images, {r['ap_over']}): mask AP "
+            f"{r['mask_ap']:.1f}, mask AP50 {r['mask_ap50']:.1f}, box AP {r['box_ap']:.1f}.", ""
         ]  # fmt: skip
+    if r["bag_damage"]:
+        lines += ["The bag is damaged; it was read up to the damage: "
+                  + "; ".join(r["bag_damage"][:5]) + ".", ""]  # fmt: skip
     skipped = r["skipped_not_image"] + r["skipped_corrupt"] + r["out_of_order_stamps"]
-    if skipped or r["interrupted"]:
-        lines += ["Reading the bag: " + "; ".join(r["problems"][:10]) or "", ""]
-        if r["interrupted"]:
-            lines += ["The replay was interrupted; the figures cover the frames sent.", ""]
+    if skipped:
+        lines += [f"Reading the bag skipped {r['skipped_not_image']} messages that are not "
+                  f"images and {r['skipped_corrupt']} that are corrupt or lost, and found "
+                  f"{r['out_of_order_stamps']} out-of-order stamps: "
+                  + "; ".join(r["problems"][:10]), ""]  # fmt: skip
     lines += [f"![{p}]({p})" for p in plots]
     atomic_write_bytes(out / "report.md", ("\n".join(lines) + "\n").encode())

@@ -176,6 +176,22 @@ def test_a_sqlite_bag_with_nothing_readable_is_refused_naming_the_file_and_the_d
         list(read_frames(cut, IMAGE_TOPIC, ReadReport()))
 
 
+def test_the_report_says_what_a_damaged_bag_lost_and_why(tmp_path):
+    from mobius_ros.replay import _report, _write_page
+
+    bag, _ = make_bag(tmp_path / "b", "val", 10, size=(64, 64))
+    read = ReadReport()
+    frames = list(read_frames(_cut_copy(bag, tmp_path / "cut", 0.5), IMAGE_TOPIC, read))
+    report = _report({}, {}, [], [], read, None, ["a"], None, "complete", True)
+    assert report["frames"] == len(frames) and report["frames_listed"] == 10
+    assert report["skipped_corrupt"] == 10 - len(frames) > 0
+    assert report["bag_unread_bytes"] == read.unread_bytes and report["bag_damage"] == read.damage
+    _write_page(tmp_path, report)
+    page = (tmp_path / "report.md").read_text()
+    assert "The bag is damaged" in page and "cut short" in page and "bag.mcap" in page
+    assert f"{10 - len(frames)} that are corrupt or lost" in page and "Partial" not in page
+
+
 def test_recorder_leaves_a_readable_bag_when_interrupted(tmp_path):
     from rclpy.serialization import serialize_message
     from std_msgs.msg import String  # noqa: F401  (rclpy messages serialize for the recorder)
@@ -268,3 +284,233 @@ def test_missing_message_definitions_are_named_with_the_fix(tmp_path, monkeypatc
     monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"InstanceArray\.msg.*make ros"):
         bags.msg_dir()
+
+
+# Interrupted replays. A process is "gone" when /proc has no entry for it or it is a zombie.
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _gone(pid: int) -> bool:
+    return _proc_state(pid) in (None, "Z", "X")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(d.name))
+    return found
+
+
+def _wait(what, seconds: float, step: float = 0.2) -> bool:
+    """Poll ``what()`` until it is true or ``seconds`` pass (a generous limit, for waiting)."""
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if what():
+            return True
+        time.sleep(step)
+    return bool(what())
+
+
+def _bag_count(path) -> int:
+    """Messages rosbags reads from the bag at ``path`` now; -1 if it cannot open it."""
+    from rosbags.rosbag2 import Reader
+
+    try:
+        with Reader(path) as reader:
+            return sum(1 for _ in reader.messages())
+    except Exception:
+        return -1
+
+
+def _kill_all(pids) -> None:
+    import signal
+
+    for pid in pids:
+        if not _gone(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_a_recorder_killed_with_sigkill_leaves_a_bag_rosbags_opens(tmp_path):
+    """SIGKILL half-way through writing: every message written before is in the bag."""
+    import signal
+
+    pytest.importorskip("mobius_ros.msg", reason="run `make ros`")
+    child = """if True:
+        import sys, time
+        from rclpy.serialization import serialize_message
+        from mobius_ros.bags import BagRecorder
+        from mobius_ros.msg import InstanceArray
+        with BagRecorder(sys.argv[1]) as rec:
+            for i in range(1000):
+                msg = InstanceArray(mode="category", prompts=[f"p{i}"])
+                rec.write("/mobius/instances", "mobius_ros/msg/InstanceArray", i + 1,
+                          serialize_message(msg))
+                print(i + 1, flush=True)
+                time.sleep(0.05)
+    """
+    proc = subprocess.Popen([sys.executable, "-c", child, str(tmp_path / "out")], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        written = 0
+        while written < 5:
+            written = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(60)
+    finally:
+        _kill_all([proc.pid])
+    assert proc.returncode == -signal.SIGKILL
+    from mobius_ros.msg import InstanceArray
+    from rclpy.serialization import deserialize_message
+    from rosbags.rosbag2 import Reader
+
+    with Reader(tmp_path / "out") as reader:
+        prompts = [deserialize_message(raw, InstanceArray).prompts[0]
+                   for _, _, raw in reader.messages()]  # fmt: skip
+    assert len(prompts) >= written and prompts[:written] == [f"p{i}" for i in range(written)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_a_process_started_to_exit_with_its_parent_does_when_the_parent_is_killed(tmp_path):
+    """cli.exit_with_parent, as the node runs it: SIGKILL to the parent ends the child."""
+    import signal
+
+    parent = """if True:
+        import os, subprocess, sys
+        child = "from mobius_ros.cli import exit_with_parent; exit_with_parent(); " \\
+                "print('armed', flush=True); import time; time.sleep(600)"
+        env = {**os.environ, "MOBIUS_EXIT_WITH_PARENT": str(os.getpid())}
+        p = subprocess.Popen([sys.executable, "-c", child], env=env, start_new_session=True)
+        print(p.pid, flush=True)
+        p.wait()
+    """
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    child = None
+    try:
+        child = int(proc.stdout.readline())
+        assert proc.stdout.readline().strip() == "armed"
+        assert not _gone(child)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(60)
+        assert _wait(lambda: _gone(child), 60), "the child outlived its parent"
+    finally:
+        _kill_all([proc.pid] + ([child] if child else []))
+
+
+def _start_replay(tmp_path, domain: int):
+    """``mobius-ros replay`` (this checkout) on a paced 40-frame bag (20 s at --rate 1.0),
+    once it has recorded 3 results: (process, output folder, node pid)."""
+    pytest.importorskip("rclpy", reason="run `make ros`")
+    pytest.importorskip("mobius_ros.msg", reason="run `make ros`")
+    bag, gt = make_bag(tmp_path / "val", "val", 40, size=(96, 128), fps=2.0)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mobius_ros.cli", "replay", str(bag), "--gt",
+                             str(gt), "--rate", "1.0", "--out", str(out), "--domain-id",
+                             str(domain)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    nodes: list[int] = []
+    try:
+        ok = _wait(lambda: proc.poll() is not None or _bag_count(out / "outputs") >= 3, 300)
+        assert ok and proc.poll() is None, "the replay ended or recorded nothing: " + (
+            "".join(proc.communicate(timeout=60)) if proc.poll() is not None else "(running)"
+        )
+        nodes = _children(proc.pid)
+        assert len(nodes) == 1, nodes
+    except BaseException:
+        _kill_all([proc.pid, *nodes])
+        raise
+    return proc, out, nodes[0]
+
+
+@pytest.mark.ros
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_replay_killed_with_sigkill_leaves_a_readable_bag_a_partial_report_and_no_node(tmp_path):
+    import signal
+
+    proc, out, node = _start_replay(tmp_path, DOMAIN + 2)
+    try:
+        seen = _bag_count(out / "outputs")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        assert _wait(lambda: _gone(node), 60), "the node outlived the replay"
+    finally:
+        _kill_all([proc.pid, node])
+    from mobius_ros.msg import InstanceArray
+    from rclpy.serialization import deserialize_message
+    from rosbags.rosbag2 import Reader
+
+    with Reader(out / "outputs") as reader:
+        results = [deserialize_message(raw, InstanceArray) for _, _, raw in reader.messages()]
+    assert seen <= len(results) < 40
+    assert all(r.prompts for r in results)
+    report = json.loads((out / "report.json").read_text())
+    assert report["partial"] and report["status"] == "running"
+    assert report["frames_listed"] == 40 and report["outputs"] <= len(results)
+    assert "Partial report" in (out / "report.md").read_text()
+
+
+@pytest.mark.ros
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_replay_stopped_by_a_signal_exits_cleanly_with_a_partial_report(tmp_path, signame):
+    """No traceback, exit status 128 + the signal, the node stopped, the bag closed and a
+    report that says it is partial and how many frames were done."""
+    import signal
+
+    sig = signal.Signals[signame]
+    proc, out, node = _start_replay(tmp_path, DOMAIN + 3 + (sig == signal.SIGINT))
+    try:
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        _kill_all([proc.pid, node])
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and f"stopped by {signame}" in err, err
+    assert _gone(node), "the replay ended before its node"
+    report = json.loads((out / "report.json").read_text())
+    assert report["partial"] and report["interrupted"] and report["signal"] == signame
+    assert report["status"] == f"interrupted by {signame}"
+    assert 3 <= report["outputs"] <= report["published"] < 40 == report["frames_listed"]
+    assert report["mask_ap"] > 0 and report["ap_over"] == "frames with results"
+    from rosbags.rosbag2 import Reader
+
+    with Reader(out / "outputs") as reader:  # closed: rosbags' own metadata, all counted
+        assert reader.message_count == sum(1 for _ in reader.messages()) >= report["outputs"]
+    page = (out / "report.md").read_text()
+    assert f"Partial report (interrupted by {signame}):** {report['outputs']} frames done" in page
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_replay_of_a_truncated_bag_reports_what_it_skipped(tmp_path, storage):
+    """A bag cut at 90 % is replayed (it was refused whole, exit status 2) up to the damage."""
+    pytest.importorskip("rclpy", reason="run `make ros`")
+    pytest.importorskip("mobius_ros.msg", reason="run `make ros`")
+    bag, gt = make_bag(tmp_path / "val", "val", 10, size=(64, 64), storage=storage)
+    cut = _cut_copy(bag, tmp_path / "cut", 0.9)
+    out = tmp_path / "out"
+    domain = DOMAIN + 5 + (storage == "sqlite3")
+    r = subprocess.run([sys.executable, "-m", "mobius_ros.cli", "replay", str(cut), "--gt",
+                        str(gt), "--rate", "max", "--out", str(out), "--domain-id", str(domain)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert 0 < report["frames"] == report["outputs"] < 10 == report["frames_listed"]
+    assert report["skipped_corrupt"] == 10 - report["frames"]
+    assert "cut short" in " ".join(report["bag_damage"]) and not report["partial"]
+    assert report["gt_images"] == report["frames"] and report["mask_ap"] > 0
