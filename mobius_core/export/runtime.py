@@ -137,7 +137,8 @@ class OnnxTextSource:
     """The exported text graph and its tokenizer (``tokenizers``; no torch, no transformers).
 
     Prompts run ``batch_size`` at a time, sorted by token count (each batch padded to its
-    longest, the padding masked), then go back to the order asked for."""
+    longest, the padding masked), then go back to the order asked for. A prompt longer than
+    the graph's token limit is refused, as the torch encoder refuses it (never truncated)."""
 
     def __init__(self, model_path: str | Path, max_prompts: int = 256, batch_size: int = 8) -> None:
         from tokenizers import Tokenizer
@@ -150,6 +151,9 @@ class OnnxTextSource:
                 "`mobius export --text-encoder`"
             )
         self.tokenizer = Tokenizer.from_file(str(tok_file))
+        self._counter = Tokenizer.from_file(str(tok_file))  # no padding, no truncation
+        self._counter.no_truncation()
+        self._counter.no_padding()
         self.tokenizer.enable_padding()
         self.max_tokens = int(meta.get("mobius.max_tokens", 128))
         self.tokenizer.enable_truncation(self.max_tokens)
@@ -166,6 +170,12 @@ class OnnxTextSource:
         return self._cache[key]
 
     def _run(self, prompts: tuple[str, ...]) -> TextArrays:
+        for i, e in enumerate(self._counter.encode_batch(list(prompts))):
+            if len(e.ids) > self.max_tokens:
+                raise ValueError(
+                    f"prompt {i} {prompts[i][:40]!r} takes {len(e.ids)} tokens, over the text "
+                    f"graph's limit of {self.max_tokens}; shorten the prompt"
+                )
         enc = self.tokenizer.encode_batch(list(prompts))  # padded to the longest of all
         ids = np.array([e.ids for e in enc], dtype=np.int64).reshape(len(prompts), -1)
         mask = np.array([e.attention_mask for e in enc], dtype=np.int64).reshape(ids.shape)

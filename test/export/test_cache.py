@@ -234,3 +234,48 @@ def test_a_damaged_real_export_is_replaced_by_one_that_loads(
     assert again == path and path.stat().st_size == size and len(_warnings(caplog)) == 1
     backend = OnnxRuntimeBackend(path)
     assert backend.meta[io_spec.META_CONFIG] == "shapes_tiny" and backend.layers == 3
+
+
+def test_the_text_graph_is_cached_once_heals_and_matches_the_torch_encoder(
+    tmp_path, monkeypatch, caplog
+):  # fmt: skip
+    from mobius_core.build import build_text_encoder_from_config
+    from mobius_core.export.runtime import OnnxTextSource, TorchTextSource
+
+    cfg = load_config("shapes_tiny")
+    path = onnx_export.cached_text_export(cfg, tmp_path)
+    tok = io_spec.tokenizer_path(path)
+    assert path.is_file() and tok.is_file() and path.parent == tmp_path / "onnx"
+    prompts = ["red circle", "the small yellow triangle left of the blue square", "x"]
+    got = OnnxTextSource(path).encode(prompts)
+    ref = TorchTextSource(build_text_encoder_from_config(cfg.model)).encode(prompts)
+    assert got.prompts == ref.prompts
+    assert (got.token_mask == ref.token_mask).all()
+    assert abs(got.pooled - ref.pooled).max() < 1e-4 and abs(got.tokens - ref.tokens).max() < 1e-4
+    exports = []
+    real = onnx_export.export_text_graph
+    monkeypatch.setattr(onnx_export, "export_text_graph",
+                        lambda enc, out: exports.append(out) or real(enc, out))  # fmt: skip
+    assert onnx_export.cached_text_export(cfg, tmp_path) == path and exports == []  # reused
+    tok.write_text("{")  # a damaged tokenizer: the whole entry is exported again, one warning
+    with caplog.at_level(logging.WARNING):
+        assert onnx_export.cached_text_export(cfg, tmp_path) == path
+    assert exports == [path] and len(caplog.records) == 1
+    assert "cached text graph" in caplog.records[0].getMessage()
+    assert OnnxTextSource(path).encode(["x"]).prompts == ("x",)
+
+
+def test_the_text_graph_refuses_a_prompt_over_its_token_limit_instead_of_truncating(tmp_path):
+    from mobius_core.export.runtime import OnnxTextSource
+
+    path = onnx_export.cached_text_export(load_config("shapes_tiny"), tmp_path)
+    source = OnnxTextSource(path)
+    long = "!" * 200  # 200 characters, one token each (+2 special)
+    with pytest.raises(ValueError, match=r"prompt 1 .* takes \d+ tokens, over .* limit of 128"):
+        source.encode(["fine", long])
+
+
+def test_encoders_without_an_exportable_form_are_not_cached(tmp_path):
+    cfg = load_config("shapes_tiny", {"model.text_encoder.pretrained": False})
+    assert onnx_export.cached_text_export(cfg, tmp_path) is None
+    assert not (tmp_path / "onnx").exists()
