@@ -263,7 +263,7 @@ def cached_export(
     """
     import hashlib
 
-    from ..cache import Damaged, cache_root, ensure_entry
+    from ..cache import cache_root, ensure_entry
 
     checkpoint = Path(checkpoint)
     key = hashlib.sha256(checkpoint.read_bytes())
@@ -279,15 +279,7 @@ def cached_export(
         return [_export_checkpoint(cfg, checkpoint, path, size, dynamic_hw, visual)]
 
     def adopt() -> list[Path] | None:
-        if not path.exists():
-            return None
-        try:
-            meta = io_spec.read_metadata(path)
-        except (ValueError, OSError) as exc:
-            raise Damaged(f"{path} is not a readable ONNX model") from exc
-        if io_spec.META_FORMAT not in meta:
-            raise Damaged(f"{path} is not an exported MOBIUS graph (no {io_spec.META_FORMAT})")
-        return [path]
+        return _adopt_graph([path], io_spec.META_FORMAT, "an exported MOBIUS graph")
 
     where = "pass a writable cache_dir" if cache_dir else "set MOBIUS_CACHE to a writable folder"
     fix = (
@@ -299,6 +291,22 @@ def cached_export(
         "exporting it again", fix,
     )  # fmt: skip
     return path
+
+
+def _adopt_graph(files: list[Path], key: str, what: str) -> list[Path] | None:
+    """A cache entry without a record (an older version's): its files where the graph (the
+    first) loads and carries metadata ``key``; None where a file is missing."""
+    from ..cache import Damaged
+
+    if not all(f.exists() for f in files):
+        return None
+    try:
+        meta = io_spec.read_metadata(files[0])
+    except (ValueError, OSError) as exc:
+        raise Damaged(f"{files[0]} is not a readable ONNX model") from exc
+    if key not in meta:
+        raise Damaged(f"{files[0]} is not {what} (no {key})")
+    return files
 
 
 def cached_text_export(cfg: Any, cache_dir: str | Path | None = None) -> Path | None:
@@ -313,7 +321,7 @@ def cached_text_export(cfg: Any, cache_dir: str | Path | None = None) -> Path | 
     import hashlib
     from importlib import metadata
 
-    from ..cache import Damaged, cache_root, ensure_entry
+    from ..cache import cache_root, ensure_entry
     from ..modeling.text_encoder import minilm_path
 
     t = cfg.model.text_encoder
@@ -337,15 +345,7 @@ def cached_text_export(cfg: Any, cache_dir: str | Path | None = None) -> Path | 
         return [path, tokenizer_path(path)]
 
     def adopt() -> list[Path] | None:
-        if not (path.exists() and tokenizer_path(path).exists()):
-            return None
-        try:
-            meta = io_spec.read_metadata(path)
-        except (ValueError, OSError) as exc:
-            raise Damaged(f"{path} is not a readable ONNX model") from exc
-        if io_spec.META_TEXT_DIM not in meta:
-            raise Damaged(f"{path} is not an exported text graph (no {io_spec.META_TEXT_DIM})")
-        return [path, tokenizer_path(path)]
+        return _adopt_graph([path, tokenizer_path(path)], io_spec.META_TEXT_DIM, "a text graph")
 
     where = "pass a writable cache_dir" if cache_dir else "set MOBIUS_CACHE to a writable folder"
     fix = f"{where}, or (ROS node) set text_model:=<text.onnx> from `mobius export --text-encoder`"

@@ -23,6 +23,7 @@ from mobius_ros.harness import (
     ros2,
     ros2_cli,
     ros2_until,
+    stop,
 )
 from mobius_ros.localenv import local_ros_env
 
@@ -192,9 +193,7 @@ def test_a_signal_while_the_model_loads_ends_the_node_at_once(tmp_path):
         proc.send_signal(signal.SIGINT)
         code = proc.wait(30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc)  # (a no-op once it has exited)
     text = log.read_text()
     assert code == 0 and "Traceback" not in text, text[-2000:]
     assert "active:" not in text, text[-2000:]  # it stopped during configure, not after

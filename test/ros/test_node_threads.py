@@ -188,6 +188,8 @@ def test_sigterm_during_a_frame_ends_cleanly_without_a_publish_error(tmp_path, m
     except ImportError as exc:
         pytest.skip(f"rclpy or the built interfaces are missing ({exc}); run `make ros`")
 
+    from mobius_ros.harness import stop
+
     marker, log = tmp_path / "busy", tmp_path / "node.log"
     code = CHILD.format(here=str(HERE), marker=str(marker))
     with open(log, "w") as f:
@@ -210,9 +212,7 @@ def test_sigterm_during_a_frame_ends_cleanly_without_a_publish_error(tmp_path, m
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc)  # (a no-op once it has exited)
         ctx.try_shutdown()
     text = log.read_text()
     assert rc == 0, text[-3000:]
