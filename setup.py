@@ -1,6 +1,6 @@
 """pip-installable project ``mobius``: the ``mobius_core`` model library and the
 ``mobius_ros`` node package. The distribution is not named after either package so that
-``pip install -e .`` never removes the CMake-installed ROS interfaces (ARCHITECTURE.md §5)."""
+``pip install -e .`` never removes the CMake-installed ROS interfaces (docs/ARCHITECTURE.md §5)."""
 
 from pathlib import Path
 

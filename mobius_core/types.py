@@ -1,6 +1,6 @@
 """Stage I/O dataclasses handed between the parts of the model.
 
-Shape glossary (ARCHITECTURE.md): B batch, C hidden, L levels, S tokens of the
+Shape glossary (docs/ARCHITECTURE.md §1): B batch, C hidden, L levels, S tokens of the
 bottleneck scale, Q queries, Q' kept queries, K prompts, T text tokens,
 N ground-truth targets, H/W image size.
 """

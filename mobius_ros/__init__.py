@@ -2,7 +2,7 @@
 
 The generated interfaces (``mobius_ros.msg``, ``mobius_ros.srv``) are installed into the
 same import package by CMake; ``extend_path`` lets them be found even when this source
-folder shadows the installed package (ARCHITECTURE.md §5).
+folder shadows the installed package (docs/ARCHITECTURE.md §5).
 """
 
 import pkgutil
