@@ -59,11 +59,28 @@ def launch_segment(args: dict[str, str], domain_id: int, log: Path) -> subproces
                                 env=local_ros_env(domain_id), start_new_session=True)  # fmt: skip
 
 
+# Commands that would otherwise start a `ros2 daemon`, a background process that outlives
+# the command (and the test that ran it); they take --no-daemon.
+NO_DAEMON = {"param": None, "lifecycle": None, "node": None, "topic": ("list", "echo", "info"),
+             "service": ("list",)}  # fmt: skip
+
+
 def ros2(args: list[str], domain_id: int, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    """One ``ros2 ...`` command (its output as text; the return code is not checked)."""
-    return subprocess.run([str(ros2_cli()), *args], capture_output=True, text=True,
-                          timeout=timeout, env=local_ros_env(domain_id),
-                          stdin=subprocess.DEVNULL)  # fmt: skip
+    """One ``ros2 ...`` command (its output as text; the return code is not checked). It
+    never leaves a ``ros2 daemon`` behind (``--no-daemon`` where the verb would start one);
+    without the daemon each command discovers the graph itself and may miss a node at first
+    ("Node not found"), so that answer is retried until ``timeout``."""
+    verbs = NO_DAEMON.get(args[0], ()) if args else ()
+    if verbs is None or (len(args) > 1 and args[1] in verbs):
+        args = [*args, "--no-daemon"]
+    end = time.monotonic() + timeout
+    while True:
+        r = subprocess.run([str(ros2_cli()), *args], capture_output=True, text=True,
+                           timeout=max(1.0, end - time.monotonic()), env=local_ros_env(domain_id),
+                           stdin=subprocess.DEVNULL)  # fmt: skip
+        if "Node not found" not in r.stderr + r.stdout or time.monotonic() > end - 1.0:
+            return r
+        time.sleep(0.3)
 
 
 def ros2_until(args: list[str], domain_id: int, ok, seconds: float = 60.0) -> str:

@@ -72,6 +72,23 @@ def _launched(params_file: str, log):
         rclpy.shutdown()
         if proc.poll() is None:
             interrupt(proc)
+    assert _daemons(DOMAIN) == [], "a ros2 command left its daemon running"
+
+
+def _daemons(domain: int) -> list[int]:
+    """Pids of `ros2 daemon` processes of ``domain`` (the ros2 CLI starts one on demand and
+    it outlives the command)."""
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"ros2-daemon" in cmd and f"{domain}".encode() in cmd:
+            pids.append(int(proc.name))
+    return pids
 
 
 def _wait_active(proc, log) -> None:
