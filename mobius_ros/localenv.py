@@ -12,6 +12,9 @@ def config_dir() -> Path:
     src = Path(__file__).resolve().parents[1] / "config"
     if (src / "segment.yaml").is_file():
         return src
+    installed = Path(sys.prefix) / "share" / "mobius_ros" / "config"  # the venv install
+    if (installed / "segment.yaml").is_file():
+        return installed
     from ament_index_python.packages import get_package_share_directory
 
     return Path(get_package_share_directory("mobius_ros")) / "config"

@@ -16,10 +16,11 @@ depth 1; a worker thread segments the newest frame and publishes ``instances``,
 (geometry_msgs/PointStamped in image pixels, as image viewers publish mouse clicks) adds a
 point prompt.
 
-Threads: the executor (:func:`make_executor`) runs ``set_prompts`` in a callback group of its
-own, so encoding a long prompt list never holds up frames, ``/diagnostics``, parameters or the
-lifecycle services; requests to it queue and are answered in order. Each published message
-carries the prompts and mode its frame was inferred with (the segmenter's ``last_prompts``).
+Threads: :class:`NodeExecutors` spins ``set_prompts`` (a callback group of its own) on a
+thread of its own, so encoding a long prompt list never holds up frames, ``/diagnostics``,
+parameters or the lifecycle services; requests to it queue and are answered in order. Each
+published message carries the prompts and mode its frame was inferred with (the segmenter's
+``last_prompts``).
 """
 
 from __future__ import annotations
@@ -187,8 +188,9 @@ class SegmentationNode(LifecycleNode):
         self.last_prompt_error = ""  # the last refused click, shown in /diagnostics
         self.image_topic = self.resolve_topic_name("image")
         self._param_lock = threading.RLock()  # parameter changes come from two threads
+        self.prompt_group = MutuallyExclusiveCallbackGroup()  # spun apart (NodeExecutors)
         self.create_service(SetPrompts, "set_prompts", self._on_set_prompts,
-                            callback_group=MutuallyExclusiveCallbackGroup())  # fmt: skip
+                            callback_group=self.prompt_group)  # fmt: skip
         self.add_on_set_parameters_callback(self._on_parameters)
 
     # -- lifecycle transitions ---------------------------------------------------------------
@@ -627,12 +629,58 @@ class _Interrupted(BaseException):
     """SIGINT/SIGTERM while the model loads: leave the (long) configure at once."""
 
 
-def make_executor(context: Any = None) -> Any:
-    """The node's executor: two threads, so ``set_prompts`` (its own callback group) encodes
-    while the other callbacks (one group, one at a time, as before) go on."""
-    from rclpy.executors import MultiThreadedExecutor
+class NodeExecutors:
+    """Two single-threaded executors for one node: ``main`` (spun by the caller, e.g. the main
+    thread) runs every callback except those of ``node.prompt_group``, which ``prompts`` runs
+    on a thread of its own. So ``set_prompts`` may encode for seconds while frames,
+    diagnostics, parameters and lifecycle go on, at the cost of a single-threaded executor
+    per frame (rclpy's multi-threaded executor cost ~2 ms more per frame and slowed
+    inference on 2 cores: benchmarks/RESULTS.md). rclpy has no executor for one callback
+    group, so each executor here filters the node's entities by group; a node belongs to one
+    executor (``main``), and ``prompts`` is given it through ``get_nodes``."""
 
-    return MultiThreadedExecutor(num_threads=2, context=context)
+    def __init__(self, node: Any, context: Any = None) -> None:
+        from rclpy.executors import SingleThreadedExecutor
+
+        group = node.prompt_group
+
+        class _Main(SingleThreadedExecutor):
+            def can_execute(self, entity: Any) -> bool:
+                return entity.callback_group is not group and super().can_execute(entity)
+
+        class _Prompts(SingleThreadedExecutor):
+            def get_nodes(self) -> list[Any]:
+                return [node]
+
+            def can_execute(self, entity: Any) -> bool:
+                return entity.callback_group is group and super().can_execute(entity)
+
+        self.node = node
+        self.main, self.prompts = _Main(context=context), _Prompts(context=context)
+        self.main.add_node(node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin_prompts, name="mobius-prompts",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def _spin_prompts(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.prompts.spin_once(timeout_sec=0.1)
+            except Exception:  # the context is going away: the main loop ends too
+                if self._stop.wait(0.1):
+                    return
+
+    def spin_once(self, timeout_sec: float = 0.1) -> None:
+        self.main.spin_once(timeout_sec=timeout_sec)
+
+    def shutdown(self) -> None:
+        """Stop the prompt thread (an encoding in progress finishes first) and both executors."""
+        self._stop.set()
+        self._thread.join(30)
+        self.prompts.shutdown()
+        self.main.remove_node(self.node)
+        self.main.shutdown()
 
 
 def run(args: list[str] | None = None) -> int:
@@ -656,14 +704,14 @@ def run(args: list[str] | None = None) -> int:
             raise _Interrupted
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    executor = make_executor()
+    executor: NodeExecutors | None = None
     try:
         try:
             node = SegmentationNode()
         except ValueError as exc:  # configuration: a message, no traceback
             print(f"mobius_ros: {exc}", flush=True)
             return 2
-        executor.add_node(node)
+        executor = NodeExecutors(node)
         if node.p.autostart and not stop.is_set():
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 print(f"mobius_ros: {getattr(node, 'config_error', 'configure failed')}",
@@ -679,9 +727,9 @@ def run(args: list[str] | None = None) -> int:
         try:
             if node is not None:
                 node.release()  # the worker stops before the context goes away
-                executor.remove_node(node)
+                if executor is not None:
+                    executor.shutdown()
                 node.destroy_node()
-            executor.shutdown()
             if rclpy.ok():
                 rclpy.shutdown()
         finally:

@@ -43,7 +43,7 @@ def live(monkeypatch):
     except ImportError as exc:
         pytest.skip(f"rclpy or the built interfaces are missing ({exc}); run `make ros`")
     from mobius_ros.harness import Harness
-    from mobius_ros.node import SegmentationNode, make_executor
+    from mobius_ros.node import NodeExecutors, SegmentationNode
 
     sys.path.insert(0, str(HERE))
     import fake_model
@@ -54,7 +54,7 @@ def live(monkeypatch):
         Parameter("prompts", value=PROMPTS), Parameter("diagnostics_period", value=0.2),
         Parameter("tracking", value=False),
     ])  # fmt: skip
-    executor = make_executor()
+    executor = None
     spinning = threading.Event()
     spinning.set()
 
@@ -67,7 +67,7 @@ def live(monkeypatch):
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        executor.add_node(node)
+        executor = NodeExecutors(node)  # as run() spins the node: set_prompts on its own thread
         thread.start()
         client = Harness("mobius_threads_client", masks=False)
         assert client.wait_for_node(30)
@@ -78,7 +78,8 @@ def live(monkeypatch):
         if thread.is_alive():
             thread.join(10)
         node.release()
-        executor.shutdown()
+        if executor is not None:
+            executor.shutdown()
         if client is not None:
             client.close()
         node.destroy_node()

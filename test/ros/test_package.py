@@ -183,3 +183,21 @@ def test_installed_console_commands_run_outside_the_source_tree(tmp_path):
     r = subprocess.run([str(bin_dir / "mobius"), "--help"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0 and "mobius" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_installed_local_ros_environment_needs_no_sourced_workspace(tmp_path):
+    """Tools and benchmarks call local_ros_env before anything sets AMENT_PREFIX_PATH: the
+    installed package finds its Fast DDS profile in the venv without it."""
+    import subprocess
+
+    installed = Path(sys.prefix) / "share" / "mobius_ros" / "config" / "fastdds_local.xml"
+    if not installed.is_file():
+        pytest.skip(f"{installed} is not installed; run `make ros`")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AMENT_PREFIX_PATH")}
+    code = ("import mobius_ros.localenv as m; e = m.local_ros_env(5); "
+            "print(m.__file__); print(e['FASTDDS_DEFAULT_PROFILES_FILE'])")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    module, profile = r.stdout.split()
+    assert "site-packages" in module and Path(profile) == installed
