@@ -1,14 +1,26 @@
-"""Shared fixtures: one small random-weight text encoder for model tests."""
+"""Shared fixtures: one small random-weight text encoder for model tests; a cache folder of
+the test session's own (``MOBIUS_CACHE``, unless set), so tests never write into the
+user's ``~/.cache/mobius`` and every run starts cold, as CI does."""
 
 from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+_OWN_CACHE = None if os.environ.get("MOBIUS_CACHE") else tempfile.mkdtemp(prefix="mobius-test-")
+if _OWN_CACHE:  # before anything reads it; nodes and tools the tests start inherit it
+    os.environ["MOBIUS_CACHE"] = _OWN_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
