@@ -134,6 +134,8 @@ def compressed_to_rgb(
                 _check_size(im.width, im.height, max_pixels)
                 im.load()
                 rgb = im.convert("RGB")
+    except ImageError:  # over max_pixels, from the header
+        raise
     except UnidentifiedImageError:
         head = bytes(data[:8]).hex(" ")
         raise ImageError(
@@ -142,8 +144,6 @@ def compressed_to_rgb(
     except Image.DecompressionBombError as exc:  # over PIL's own hard limit, also from the header
         raise ImageError(f"{what} is too large to decode: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        if isinstance(exc, ImageError):
-            raise
         raise ImageError(f"{what} cannot be decoded: {exc}; publish jpeg or png") from exc
     return np.asarray(rgb)
 

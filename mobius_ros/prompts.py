@@ -40,11 +40,6 @@ class PromptState:
     def prompts(self) -> tuple[str, ...]:
         return self.segmenter.prompts
 
-    @property
-    def encoding(self) -> bool:
-        """Whether a change is being encoded now."""
-        return self._lock.locked()
-
     def set(self, prompts: Sequence[str], mode: str = "", wait: bool = True) -> PromptResult:
         """Validate, encode and swap in ``prompts``. ``wait=False``: refuse at once, with the
         reason, while another change is encoding (instead of waiting for it)."""
