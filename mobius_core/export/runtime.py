@@ -151,12 +151,9 @@ class OnnxTextSource:
                 "`mobius export --text-encoder`"
             )
         self.tokenizer = Tokenizer.from_file(str(tok_file))
-        self._counter = Tokenizer.from_file(str(tok_file))  # no padding, no truncation
-        self._counter.no_truncation()
-        self._counter.no_padding()
-        self.tokenizer.enable_padding()
+        self.tokenizer.no_truncation()  # each prompt whole: one over the limit is refused
+        self.tokenizer.no_padding()  # padded per batch below (pad id 0, masked out)
         self.max_tokens = int(meta.get("mobius.max_tokens", 128))
-        self.tokenizer.enable_truncation(self.max_tokens)
         self.session = _ort_session(model_path)
         self.dim = int(meta.get(io_spec.META_TEXT_DIM, 0))
         self.max_prompts, self.batch_size = max_prompts, max(1, int(batch_size))
@@ -170,28 +167,32 @@ class OnnxTextSource:
         return self._cache[key]
 
     def _run(self, prompts: tuple[str, ...]) -> TextArrays:
-        for i, e in enumerate(self._counter.encode_batch(list(prompts))):
-            if len(e.ids) > self.max_tokens:
+        lengths = []
+        enc = self.tokenizer.encode_batch(list(prompts))
+        for i, e in enumerate(enc):
+            lengths.append(len(e.ids))
+            if lengths[-1] > self.max_tokens:
                 raise ValueError(
-                    f"prompt {i} {prompts[i][:40]!r} takes {len(e.ids)} tokens, over the text "
+                    f"prompt {i} {prompts[i][:40]!r} takes {lengths[-1]} tokens, over the text "
                     f"graph's limit of {self.max_tokens}; shorten the prompt"
                 )
-        enc = self.tokenizer.encode_batch(list(prompts))  # padded to the longest of all
-        ids = np.array([e.ids for e in enc], dtype=np.int64).reshape(len(prompts), -1)
-        mask = np.array([e.attention_mask for e in enc], dtype=np.int64).reshape(ids.shape)
-        tokens = np.zeros((*ids.shape, self.dim or 1), dtype=np.float32)
-        pooled = np.zeros((len(prompts), self.dim or 1), dtype=np.float32)
-        order = np.argsort(mask.sum(1), kind="stable")
-        for start in range(0, len(order), self.batch_size):
+        k, longest = len(prompts), max(lengths)
+        ids = np.zeros((k, longest), dtype=np.int64)  # padded with id 0, masked out
+        mask = np.arange(longest)[None, :] < np.array(lengths)[:, None]
+        for i, e in enumerate(enc):
+            ids[i, : lengths[i]] = e.ids
+        tokens = pooled = None  # [K,T,C], [K,C] once the first batch says C
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, k, self.batch_size):
             rows = order[start : start + self.batch_size]
-            t = int(mask[rows].sum(1).max())
-            feed = {"input_ids": ids[rows, :t], "attention_mask": mask[rows, :t]}
+            t = lengths[rows[-1]]  # sorted: the last is the longest of the batch
+            feed = {"input_ids": ids[rows, :t], "attention_mask": mask[rows, :t].astype(np.int64)}
             tok, pool = self.session.run(None, feed)
-            if tokens.shape[2] != tok.shape[2]:  # graphs without the dim in their metadata
-                tokens = np.zeros((*ids.shape, tok.shape[2]), dtype=np.float32)
-                pooled = np.zeros((len(prompts), tok.shape[2]), dtype=np.float32)
+            if tokens is None:
+                tokens = np.zeros((k, longest, tok.shape[2]), dtype=np.float32)
+                pooled = np.zeros((k, tok.shape[2]), dtype=np.float32)
             tokens[rows, :t], pooled[rows] = tok, pool
-        return TextArrays(tokens, mask.astype(bool), pooled, prompts)
+        return TextArrays(tokens, mask, pooled, prompts)
 
 
 class FileTextSource:
