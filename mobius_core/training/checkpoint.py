@@ -36,8 +36,12 @@ class CheckpointError(ValueError):
 def content_sha256(state: dict[str, Any]) -> str:
     """SHA-256 of ``state`` without its own ``content_sha256``: each tensor's dtype, shape
     and bytes and each other value's type and repr, in order, keys included."""
+    return _digest({k: v for k, v in state.items() if k != HASH_KEY})
+
+
+def _digest(value: Any) -> str:
     digest = hashlib.sha256()
-    _feed(digest, {k: v for k, v in state.items() if k != HASH_KEY})
+    _feed(digest, value)
     return digest.hexdigest()
 
 
@@ -144,32 +148,16 @@ def add_content_hash(path: str | Path) -> bool:
     if recorded is not None:
         return False
     save_checkpoint(path, state)
-    again, recorded = _read(path)
-    if recorded != content_sha256(state) or not same_content(state, again):
+    _, recorded = _read(path)  # checks what the file holds against the hash recorded in it
+    if recorded != content_sha256(state):  # so the file holds exactly ``state``
         raise CheckpointError(f"{path} changed when written again with a content hash")
     return True
 
 
 def same_content(a: Any, b: Any) -> bool:
-    """Whether two states hold the same values, tensors bit for bit (dtype, shape, bytes)."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
-            return False
-        if a.dtype != b.dtype or a.shape != b.shape:
-            return False
-        flat_a, flat_b = (t.detach().cpu().contiguous().reshape(-1) for t in (a, b))
-        return bool(torch.equal(flat_a.view(torch.uint8), flat_b.view(torch.uint8)))
-    if isinstance(a, dict):
-        return (
-            isinstance(b, dict) and list(a) == list(b) and all(same_content(a[k], b[k]) for k in a)
-        )
-    if isinstance(a, (list, tuple)):
-        return (
-            type(a) is type(b)
-            and len(a) == len(b)
-            and all(same_content(x, y) for x, y in zip(a, b))
-        )
-    return type(a) is type(b) and repr(a) == repr(b)
+    """Whether two states hold the same values, tensors bit for bit (dtype, shape, bytes):
+    the walk of the content hash, over each."""
+    return _digest(a) == _digest(b)
 
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
