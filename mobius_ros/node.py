@@ -667,9 +667,11 @@ class NodeExecutors:
         while not self._stop.is_set():
             try:
                 self.prompts.spin_once(timeout_sec=0.1)
-            except Exception:  # the context is going away: the main loop ends too
-                if self._stop.wait(0.1):
-                    return
+            except Exception as exc:  # the service's own callback catches its errors
+                if self._stop.wait(0.1) or not rclpy.ok(context=self.node.context):
+                    return  # the node is going down: the main loop ends too
+                self.node.get_logger().error(f"set_prompts executor: {exc}",
+                                             throttle_duration_sec=5.0)  # fmt: skip
 
     def spin_once(self, timeout_sec: float = 0.1) -> None:
         self.main.spin_once(timeout_sec=timeout_sec)
