@@ -360,13 +360,13 @@ def latency(yolo_weights: Path, sizes: list[int], frames: int, images: list[np.n
     """Median and p95 onnxruntime inference ms of both graphs, frames interleaved; ours is
     the shipped shapes_tiny, or the side-by-side run's model where ``ours_run`` is given."""
     import onnxruntime as ort
+    from mobius_core.export.runtime import OnnxRuntimeBackend, Segmenter, TorchTextSource
 
     from mobius_core.cli import _load_model
     from mobius_core.config import load_config
     from mobius_core.data.synthetic import SEEN_CATEGORIES
     from mobius_core.export import io_spec
     from mobius_core.export.onnx import export_config_model
-    from mobius_core.export.runtime import OnnxRuntimeBackend, Segmenter, TorchTextSource
     from mobius_core.imageops import resize_image
     from mobius_core.postprocess import PostProcessor
 

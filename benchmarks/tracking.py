@@ -69,11 +69,12 @@ def track(detections, motion: bool, same_label: bool, threshold: float) -> tuple
 
 
 def build_segmenter(threshold: float):
+    from mobius_core.export.runtime import Segmenter, TorchBackend, TorchTextSource
+
     from mobius_core.cli import _load_model
     from mobius_core.config import load_config
     from mobius_core.data.synthetic import SEEN_CATEGORIES
     from mobius_core.export import io_spec
-    from mobius_core.export.runtime import Segmenter, TorchBackend, TorchTextSource
     from mobius_core.postprocess import PostProcessor
 
     cfg = load_config("shapes_tiny")

@@ -24,6 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mobius_core.export.runtime import (
+    OnnxRuntimeBackend,
+    Segmenter,
+    TorchTextSource,
+)
+
 from mobius_core.build import prune_schedule
 from mobius_core.cli import _load_model
 from mobius_core.config import load_config
@@ -31,11 +37,6 @@ from mobius_core.data.synthetic import SEEN_CATEGORIES, cached_split
 from mobius_core.evaluation.visual import evaluate_visual
 from mobius_core.export import io_spec
 from mobius_core.export.onnx import export_config_model
-from mobius_core.export.runtime import (
-    OnnxRuntimeBackend,
-    Segmenter,
-    TorchTextSource,
-)
 
 
 def quality(cfg, model, size: int) -> list[tuple[str, str, dict]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -133,3 +134,20 @@ def build_prune_schedule(cfg: Config | ModelConfig) -> PruneSchedule | None:
 def prune_schedule(p: PruningConfig) -> PruneSchedule:
     """The schedule a pruning config describes, whether or not it is enabled by default."""
     return PruneSchedule.create(p.schedule, p.low, p.high, p.beta, p.min_keep, context=p.context)
+
+
+def load_trained_model(
+    cfg: Config, checkpoint: str | None = None, overrides: Sequence[str] = ()
+) -> Mobius:
+    """The config's model with ``checkpoint`` loaded, or else the weights shipped for its
+    name (unless an ``overrides`` entry, ``KEY=VALUE`` as ``--set`` takes it, changed the
+    model, which the shipped weights would not fit), in eval mode."""
+    from .training.checkpoint import load_checkpoint, load_model_weights, shipped_checkpoint
+
+    model = build_model(cfg)
+    harmless = ("model.text_encoder.", "model.input_size", "model.pruning.")
+    changed = any(o.startswith("model.") and not o.startswith(harmless) for o in overrides)
+    path = checkpoint or (None if changed else shipped_checkpoint(cfg.name))
+    if path:
+        load_model_weights(model, load_checkpoint(path), f"{path} (config {cfg.name})")
+    return model.eval()

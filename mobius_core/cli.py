@@ -197,18 +197,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_model(cfg, checkpoint: str | None, overrides: list[str]):
-    """Build the config's model and load ``checkpoint``, or else the one shipped for its name
-    (unless ``--set`` changed the model, which the shipped weights would not fit)."""
-    from .build import build_model
-    from .training.checkpoint import load_checkpoint, load_model_weights, shipped_checkpoint
+    from .build import load_trained_model
 
-    model = build_model(cfg)
-    harmless = ("model.text_encoder.", "model.input_size", "model.pruning.")
-    changed = any(o.startswith("model.") and not o.startswith(harmless) for o in overrides)
-    path = checkpoint or (None if changed else shipped_checkpoint(cfg.name))
-    if path:
-        load_model_weights(model, load_checkpoint(path), f"{path} (config {cfg.name})")
-    return model.eval()
+    return load_trained_model(cfg, checkpoint, overrides)
 
 
 def _cmd_release(args: argparse.Namespace) -> int:
@@ -237,56 +228,31 @@ def _runtime_config(args: argparse.Namespace):
     """--config, else the config an exported --model was made from, else shapes_tiny."""
     name = args.config
     if name is None and args.model and str(args.model).endswith(".onnx"):
-        from .export import io_spec
+        from .inference import io_spec
 
         name = io_spec.read_metadata(args.model).get(io_spec.META_CONFIG)
     return load_config(name or "shapes_tiny", parse_set_args(args.overrides))
 
 
 def _segmenter(args: argparse.Namespace, cfg, threshold: float = 0.3):
-    """A Segmenter for --backend (torch: the config's model; ort/trt: --model), its text
-    source (--embeddings, --text-model, or the config's text encoder) and pruning."""
-    from .export import io_spec
-    from .export.runtime import (
-        FileTextSource,
-        OnnxTextSource,
-        Segmenter,
-        TorchBackend,
-        TorchTextSource,
-        backend_name,
-        load_backend,
+    """A Segmenter for --backend (torch: the config's model; ort/trt: --model, else for ort
+    the shipped model), its text source (--embeddings, --text-model, or the config's text
+    encoder) and pruning (--no-prune: off); ``inference.build_segmenter`` chooses."""
+    from .inference import SegmenterSpec, build_segmenter
+
+    spec = SegmenterSpec(
+        backend=args.backend,
+        model=args.model,
+        checkpoint=getattr(args, "checkpoint", None),
+        config=args.config,
+        overrides=tuple(args.overrides),
+        text_model=args.text_model,
+        embeddings=args.embeddings,
+        size=args.size,
+        prune=not getattr(args, "no_prune", False),
+        score_threshold=threshold,
     )
-    from .postprocess import PostProcessor
-
-    name = backend_name(args.backend)
-    p = cfg.model.pruning
-    d = io_spec.pruning_values(p)
-    pad_to, size, max_size = None, args.size or cfg.model.input_size, 1333
-    if name == "torch":
-        model = _load_model(cfg, args.checkpoint, args.overrides)
-        backend = TorchBackend(model, p.schedule)
-        text = TorchTextSource(model.text_encoder)
-    else:
-        if not args.model:
-            raise ValueError(f"--backend {args.backend} needs --model (from `mobius export`)")
-        backend = load_backend(name, args.model)
-        d = io_spec.default_pruning(getattr(backend, "meta", {}), p)
-        fixed = getattr(backend, "fixed_hw", None)
-        if fixed:
-            pad_to, size, max_size = fixed, min(fixed), max(fixed)
-        if args.embeddings:
-            text = FileTextSource(args.embeddings)
-        elif args.text_model:
-            text = OnnxTextSource(args.text_model)
-        else:
-            from .build import build_text_encoder_from_config
-
-            text = TorchTextSource(build_text_encoder_from_config(cfg.model))
-    prune, min_keep = io_spec.split_pruning(d)
-    if getattr(args, "no_prune", False):
-        prune = None
-    post = PostProcessor(score_threshold=threshold)
-    return Segmenter(backend, text, size, max_size, post, prune, min_keep, pad_to)
+    return build_segmenter(spec)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -349,7 +315,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from .build import build_text_encoder_from_config
-    from .export.runtime import TorchTextSource
+    from .inference.text import TorchTextSource
 
     cfg = load_config(args.config, parse_set_args(args.overrides))
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
@@ -361,7 +327,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .data.synthetic import cached_split
-    from .export.bench import benchmark, format_table
+    from .inference.bench import benchmark, format_table
     from .vocab import prompt_set
 
     if args.target:  # positional MODEL: a file for ort/trt, a config for torch
@@ -423,8 +389,8 @@ def _describe(prune) -> str:
 
 
 def _cmd_build_engine(args: argparse.Namespace) -> int:
-    from .export import io_spec
     from .export.tensorrt import build_engine, choose_profile
+    from .inference import io_spec
 
     meta = io_spec.read_metadata(args.model)
     input_hw = tuple(json.loads(meta[io_spec.META_INPUT_SIZE]))
@@ -432,7 +398,7 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
     text = None
     if args.precision == "int8":
         from .build import build_text_encoder_from_config
-        from .export.runtime import TorchTextSource
+        from .inference.text import TorchTextSource
 
         cfg = load_config(meta.get(io_spec.META_CONFIG, "shapes_tiny"))
         names = [p.strip() for p in args.calib_prompts.split(",") if p.strip()]

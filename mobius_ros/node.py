@@ -49,7 +49,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
-from mobius_core.export.runtime import validate_prompts
+from mobius_core.inference.prompts import validate_prompts
 from mobius_core.tracking import InstanceTracker, suppress_duplicates
 from mobius_ros.msg import Instance, InstanceArray
 from mobius_ros.srv import SetPrompts

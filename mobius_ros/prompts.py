@@ -14,7 +14,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mobius_core.export.runtime import Segmenter, validate_prompts
+from mobius_core.inference.prompts import validate_prompts
+from mobius_core.inference.segmenter import Segmenter
 
 from .params import MODES
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mobius_core.export.runtime import visual_prompt_box, visual_prompt_label
+from mobius_core.inference.segmenter import visual_prompt_box, visual_prompt_label
 
 from .prompts import PromptResult
 

@@ -16,64 +16,15 @@ import torch
 from torch import Tensor, nn
 
 from ..atomic import atomic_write_bytes
+from ..inference import io_spec
+from ..inference.io_spec import tokenizer_path
+from ..inference.torch_backend import ImageGraph
 from ..modeling.mobius import Mobius
-from ..modeling.pruning import PruneSchedule
-from ..types import TextEmbeddings, VisualPrompts
-from . import io_spec
-from .io_spec import tokenizer_path
 
 DEFAULT_OPSET = 17
 # Bump when the exported graph changes for the same weights (cached exports are keyed on it).
 # 2: pruned queries stay as self-attention context; box head on the chosen queries only.
 GRAPH_VERSION = 2
-
-
-class ImageGraph(nn.Module):
-    """The model behind the ``io_spec`` image contract (normalisation and scoring inside)."""
-
-    def __init__(self, model: Mobius, schedule: str = "sigmoid", context: bool = True) -> None:
-        super().__init__()
-        if schedule == "fixed":
-            raise ValueError("a 'fixed' schedule cannot be a graph input; use sigmoid, ...")
-        self.model = model.eval()
-        self.schedule = schedule
-        self.context = context
-
-    def forward(
-        self,
-        image: Tensor,
-        text_tokens: Tensor,
-        text_token_mask: Tensor,
-        text_pooled: Tensor,
-        prompt_valid: Tensor,
-        prune_low: Tensor,
-        prune_high: Tensor,
-        prune_beta: Tensor,
-        min_keep: Tensor,
-        visual_boxes: Tensor | None = None,
-        visual_valid: Tensor | None = None,
-    ) -> tuple[Tensor, ...]:
-        """``io_spec.IMAGE_INPUTS`` in order; with ``visual_boxes``/``visual_valid`` too
-        (``io_spec.VISUAL_GRAPH_INPUTS``), the point/box prompts are scored after the text.
-        Traced with 9 inputs it is the plain graph, with 11 the point/box one."""
-        text = TextEmbeddings(text_tokens, text_token_mask & prompt_valid[:, None], text_pooled)
-        prune = PruneSchedule(
-            self.schedule,
-            prune_low.reshape(()),
-            prune_high.reshape(()),
-            prune_beta.reshape(()),
-            min_keep.reshape(()),
-            context=self.context,
-        )
-        visual = None
-        if visual_boxes is not None and visual_valid is not None:
-            visual = VisualPrompts(visual_boxes, visual_valid)
-        out = self.model(
-            self.model.normalize(image), text, prune=prune, prompt_valid=prompt_valid, visual=visual
-        )
-        prompt_scores = out.logits.sigmoid() * out.query_valid[..., None].to(out.logits.dtype)
-        scores, labels = prompt_scores.max(dim=-1)
-        return prompt_scores, scores, labels, out.boxes, out.masks, out.query_valid, out.kept
 
 
 def example_inputs(

@@ -18,8 +18,8 @@ import torch
 from mobius_core import cache
 from mobius_core.atomic import atomic_write_bytes
 from mobius_core.config import load_config
-from mobius_core.export import io_spec
 from mobius_core.export import onnx as onnx_export
+from mobius_core.inference import io_spec
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -210,7 +210,7 @@ def test_a_damaged_real_export_is_replaced_by_one_that_loads(
 ):
     """The real exporter behind the cache (a small model): damaged, re-exported, loads."""
     from mobius_core.build import build_model
-    from mobius_core.export.runtime import OnnxRuntimeBackend
+    from mobius_core.inference.ort_backend import OnnxRuntimeBackend
 
     cfg = load_config(
         "shapes_tiny",
@@ -240,7 +240,7 @@ def test_the_text_graph_is_cached_once_heals_and_matches_the_torch_encoder(
     tmp_path, monkeypatch, caplog
 ):  # fmt: skip
     from mobius_core.build import build_text_encoder_from_config
-    from mobius_core.export.runtime import OnnxTextSource, TorchTextSource
+    from mobius_core.inference.text import OnnxTextSource, TorchTextSource
 
     cfg = load_config("shapes_tiny")
     path = onnx_export.cached_text_export(cfg, tmp_path)
@@ -266,7 +266,7 @@ def test_the_text_graph_is_cached_once_heals_and_matches_the_torch_encoder(
 
 
 def test_the_text_graph_refuses_a_prompt_over_its_token_limit_instead_of_truncating(tmp_path):
-    from mobius_core.export.runtime import OnnxTextSource
+    from mobius_core.inference.text import OnnxTextSource
 
     path = onnx_export.cached_text_export(load_config("shapes_tiny"), tmp_path)
     source = OnnxTextSource(path)

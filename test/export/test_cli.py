@@ -70,5 +70,5 @@ def test_predict_errors_are_clear(tmp_path, capsys):
         == 2
     )
     assert "re-export" in capsys.readouterr().err
-    assert main(["predict", str(image), "--prompts", "a", "--backend", "ort"]) == 2
-    assert "needs --model" in capsys.readouterr().err
+    assert main(["predict", str(image), "--prompts", "a", "--backend", "trt"]) == 2
+    assert "needs a model" in capsys.readouterr().err  # ort without one runs the shipped model

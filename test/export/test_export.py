@@ -12,24 +12,19 @@ import torch
 
 from mobius_core.build import build_model
 from mobius_core.config import load_config
-from mobius_core.export import io_spec
 from mobius_core.export.onnx import (
     ImageGraph,
     example_inputs,
     export_image_graph,
     export_text_graph,
 )
-from mobius_core.export.runtime import (
-    FileTextSource,
-    OnnxRuntimeBackend,
-    OnnxTextSource,
-    Segmenter,
-    TextArrays,
-    TorchBackend,
-    TorchTextSource,
-    make_feed,
-    validate_prompts,
-)
+from mobius_core.inference import io_spec
+from mobius_core.inference.backend import make_feed
+from mobius_core.inference.ort_backend import OnnxRuntimeBackend
+from mobius_core.inference.prompts import TextArrays, validate_prompts
+from mobius_core.inference.segmenter import Segmenter
+from mobius_core.inference.text import FileTextSource, OnnxTextSource, TorchTextSource
+from mobius_core.inference.torch_backend import TorchBackend
 from mobius_core.postprocess import RawOutputs
 
 ort = pytest.importorskip("onnxruntime")
@@ -210,7 +205,9 @@ def test_onnxruntime_path_imports_neither_torch_nor_timm(tiny, tmp_path):
     emb.save(tmp_path / "p.npz")
     code = f"""
 import sys, numpy as np
-from mobius_core.export.runtime import OnnxRuntimeBackend, FileTextSource, Segmenter
+from mobius_core.inference.ort_backend import OnnxRuntimeBackend
+from mobius_core.inference.segmenter import Segmenter
+from mobius_core.inference.text import FileTextSource
 seg = Segmenter(OnnxRuntimeBackend({str(path)!r}), FileTextSource({str(tmp_path / "p.npz")!r}),
                 {SIZE}, pad_to=({SIZE}, {SIZE}))
 seg.set_prompts(["red circle", "blue square"])
@@ -290,7 +287,7 @@ def tiny_visual(tiny, tmp_path_factory):
 def test_visual_graph_matches_eager_for_points_and_boxes(tiny_visual):
     model, path = tiny_visual
     ort_backend, torch_backend = OnnxRuntimeBackend(path), TorchBackend(model)
-    assert ort_backend.visual and ort_backend.requires_visual and torch_backend.visual
+    assert ort_backend.accepts_visual and ort_backend.requires_visual and torch_backend.accepts_visual
     assert io_spec.read_metadata(path)[io_spec.META_VISUAL] == "1"
     arrays = TorchTextSource(model.text_encoder).encode(["red circle", "blue square"])
     images = _images(2, seed=3)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mobius_core.export.preprocess_graph import OrtPreprocessor
 from mobius_core.imageops import preprocess
+from mobius_core.inference.preprocess import OrtPreprocessor
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobius_core.export import io_spec
 from mobius_core.export.tensorrt import (
     EngineError,
     Profile,
@@ -22,6 +21,7 @@ from mobius_core.export.tensorrt import (
     require_tensorrt,
     write_engine,
 )
+from mobius_core.inference import io_spec
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -115,8 +115,9 @@ def test_build_and_run_an_engine(tmp_path):  # pragma: no cover - needs TensorRT
     from mobius_core.build import build_model
     from mobius_core.config import load_config
     from mobius_core.export.onnx import export_image_graph
-    from mobius_core.export.runtime import TorchTextSource, make_feed
     from mobius_core.export.tensorrt import TensorRTBackend, build_engine
+    from mobius_core.inference.backend import make_feed
+    from mobius_core.inference.text import TorchTextSource
 
     cfg = load_config("shapes_tiny", {"model.text_encoder.pretrained": False})
     model = build_model(cfg).eval()

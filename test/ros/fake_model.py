@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from mobius_core.export.runtime import Segmenter, TextArrays
+from mobius_core.inference.prompts import TextArrays
+from mobius_core.inference.segmenter import Segmenter
 from mobius_core.postprocess import PostProcessor, RawOutputs
 from mobius_ros.budget import Level
 from mobius_ros.model import LoadedModel
@@ -50,8 +51,13 @@ class OnePerPrompt:
     image. ``on_infer(feed)`` runs inside each inference (after the segmenter has taken its
     prompts), where a test can change the prompts or hold the frame."""
 
-    visual = False
+    name = "fake"
+    layers = 1
     text_dim = 0
+    input_hw = (SIZE, SIZE)
+    fixed_hw = max_hw = None
+    accepts_visual = requires_visual = False
+    meta: dict[str, str] = {}
 
     def __init__(self) -> None:
         self.on_infer: Callable[[dict[str, np.ndarray]], None] | None = None

@@ -1,6 +1,6 @@
 """Latency per stage of one or two deployed setups, measured side by side.
 
-Each setup is a :class:`~mobius_core.export.runtime.Segmenter` (backend, prompts, pruning).
+Each setup is a :class:`~mobius_core.inference.segmenter.Segmenter` (backend, prompts, pruning).
 With two setups the frames alternate A, B, A, B, ... so machine noise hits both alike and
 the ratio is meaningful.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .runtime import Segmenter
+from .segmenter import Segmenter
 
 
 @dataclass

@@ -8,7 +8,7 @@ Image graph
 -----------
 inputs
   image            float32 [B,3,H,W]  RGB in [0,1], resized and padded (bottom/right) to
-                                       multiples of 32 by :mod:`mobius_core.export.preprocess`;
+                                       multiples of 32 by ``imageops.preprocess``;
                                        normalisation happens inside the graph
   text_tokens      float32 [K,T,Ct]   prompt token embeddings (padding rows zero)
   text_token_mask  bool    [K,T]      True where a token is real
@@ -143,6 +143,12 @@ def default_pruning(meta: dict[str, Any], p: Any) -> dict[str, float]:
     if META_DEFAULT_PRUNING in meta:
         return json.loads(meta[META_DEFAULT_PRUNING])
     return pruning_values(p)
+
+
+def input_size(meta: dict[str, Any]) -> tuple[int, int]:
+    """The (H, W) an exported graph was traced at (``META_INPUT_SIZE``; (0, 0) if absent)."""
+    h, w = json.loads(meta.get(META_INPUT_SIZE, "[0, 0]"))
+    return int(h), int(w)
 
 
 def names(specs: tuple[TensorSpec, ...]) -> list[str]:
