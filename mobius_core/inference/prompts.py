@@ -4,31 +4,78 @@ backend (:func:`validate_prompts`), and :class:`TextArrays`, what the image grap
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+DEFAULT_MAX_PROMPTS = 256
+DEFAULT_MAX_CHARS = 200
 
-def validate_prompts(prompts: Sequence[str], max_prompts: int = 256, max_chars: int = 256):
-    """Stripped prompts; a ValueError naming the problem and the fix otherwise."""
+
+class PromptError(ValueError):
+    """A prompt list breaks a limit; the message names the prompt, the limit and the fix."""
+
+
+def short(text: str, n: int = 40) -> str:
+    """``text`` quoted, cut to about ``n`` characters for error messages."""
+    return repr(text if len(text) <= n else text[: n - 3] + "...")
+
+
+def validate_prompts(
+    prompts: Any,
+    max_prompts: int = DEFAULT_MAX_PROMPTS,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    unique: bool = True,
+) -> list[str]:
+    """The one check of a prompt list, for every text source and backend (and, with
+    ``unique=False``, for the text encoder in training, where a batch may repeat a referring
+    expression). Returns the stripped prompts; raises :class:`PromptError` naming the prompt,
+    the limit and the fix for: a bare string, something not a list, an empty list, more than
+    ``max_prompts`` prompts, a non-string, an empty or whitespace-only prompt, one over
+    ``max_chars`` characters, and (``unique``) a prompt given twice. Token limits belong to
+    the encoder that counts tokens and are checked there."""
     if isinstance(prompts, str):
-        raise ValueError("prompts must be a list of strings, not one string; split it on ','")
-    out = [str(p).strip() for p in prompts]
-    if not out:
-        raise ValueError("the prompt list is empty; give at least one prompt, e.g. 'person'")
-    if len(out) > max_prompts:
-        raise ValueError(f"{len(out)} prompts exceed the limit of {max_prompts}; split the list")
-    for i, p in enumerate(out):
+        raise PromptError(
+            f"prompts must be a list of strings, got the single string {short(prompts)}; "
+            "wrap it in a list (or split it on ',')"
+        )
+    try:
+        prompts = list(prompts)
+    except TypeError:
+        raise PromptError(
+            f"prompts must be a list of strings, got {type(prompts).__name__}"
+        ) from None
+    if not prompts:
+        raise PromptError("the prompt list is empty; give at least one prompt, e.g. ['person']")
+    if len(prompts) > max_prompts:
+        raise PromptError(
+            f"{len(prompts)} prompts exceed the limit of {max_prompts}; split the vocabulary "
+            "into several sets or raise the limit (model.text_encoder.max_prompts, or the ROS "
+            "node's max_prompts)"
+        )
+    out = []
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise PromptError(
+                f"prompt {i} has type {type(p).__name__}, not str: {short(repr(p))}; "
+                "give the prompt as text"
+            )
+        p = p.strip()
         if not p:
-            raise ValueError(f"prompt {i} is empty; remove it")
+            raise PromptError(f"prompt {i} is empty or only whitespace; remove it")
         if len(p) > max_chars:
-            raise ValueError(f"prompt {i} has {len(p)} characters, over {max_chars}; shorten it")
-    dup = sorted({p for p in out if out.count(p) > 1})
-    if dup:
-        raise ValueError(f"duplicate prompts {dup}; give each prompt once")
+            raise PromptError(
+                f"prompt {i} {short(p)} has {len(p)} characters, over the limit of "
+                f"{max_chars}; shorten the prompt"
+            )
+        out.append(p)
+    if unique:
+        seen: set[str] = set()
+        dup = sorted({p for p in out if p in seen or seen.add(p)})
+        if dup:
+            raise PromptError(f"duplicate prompts {dup}; give each prompt once")
     return out
 
 

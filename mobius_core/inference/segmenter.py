@@ -18,7 +18,7 @@ import numpy as np
 from ..imageops import preprocess
 from ..postprocess import Instances, PostProcessor, RawOutputs
 from .backend import Backend, make_feed
-from .prompts import TextArrays, validate_prompts
+from .prompts import TextArrays
 from .text import TextSource
 
 
@@ -86,7 +86,7 @@ class Segmenter:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; use one of {TASKS}")
         start = time.perf_counter()
-        arrays = self.text.encode(validate_prompts(prompts))
+        arrays = self.text.encode(prompts)  # every text source validates (validate_prompts)
         with self._lock:
             self._prompts = (arrays, task)
         return time.perf_counter() - start

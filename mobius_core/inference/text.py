@@ -19,9 +19,13 @@ from .prompts import TextArrays, validate_prompts
 
 
 class TextSource(Protocol):
-    """Encodes prompts to :class:`TextArrays` (validated, cached by the implementation)."""
+    """Encodes prompts to :class:`TextArrays`: each one checks the list with
+    ``validate_prompts`` against its ``max_prompts`` first (the same refusals everywhere:
+    empty, too many, too long, duplicates), then its own token limit where it counts tokens.
+    """
 
     dim: int
+    max_prompts: int
 
     def encode(self, prompts: Sequence[str]) -> TextArrays: ...
 
@@ -35,9 +39,11 @@ class TorchTextSource:
     def __init__(self, text_encoder: Any, batch_size: int = 8) -> None:
         self.encoder, self.batch_size = text_encoder, batch_size
         self.dim = int(text_encoder.dim)
+        self.max_prompts = int(text_encoder.max_prompts)
 
     def encode(self, prompts: Sequence[str]) -> TextArrays:
-        emb = self.encoder.encode(list(prompts), batch_size=self.batch_size)
+        prompts = validate_prompts(prompts, self.max_prompts, self.encoder.max_chars)
+        emb = self.encoder.encode(prompts, batch_size=self.batch_size)
         return TextArrays.from_embeddings(emb)
 
 
@@ -109,9 +115,10 @@ class FileTextSource:
     def __init__(self, path: str | Path) -> None:
         self.arrays = TextArrays.load(path)
         self.dim = self.arrays.dim
+        self.max_prompts = len(self.arrays.prompts)
 
     def encode(self, prompts: Sequence[str]) -> TextArrays:
-        if tuple(p.strip() for p in prompts) != self.arrays.prompts:
+        if tuple(validate_prompts(prompts)) != self.arrays.prompts:
             raise ValueError(
                 f"this embeddings file holds the prompts {list(self.arrays.prompts)[:5]}...; "
                 "other prompts need a text encoder (`--text-model text.onnx`) or a new "

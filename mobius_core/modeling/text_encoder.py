@@ -29,25 +29,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..inference.prompts import (
+    DEFAULT_MAX_CHARS,
+    DEFAULT_MAX_PROMPTS,
+    PromptError,
+    validate_prompts,
+)
+from ..inference.prompts import short as _short
 from ..types import TextEmbeddings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_PROMPTS = 256
-DEFAULT_MAX_CHARS = 200
 DEFAULT_CACHE_SIZE = 4096
 
 CacheKey = tuple[str, str]  # (encoder name, stripped prompt)
 CacheEntry = tuple[Tensor, Tensor]  # (tokens [T_i,C], pooled [C]) on CPU
-
-
-class PromptError(ValueError):
-    """A prompt list breaks a limit; the message names the prompt, the limit and the fix."""
-
-
-def _short(text: str, n: int = 40) -> str:
-    """``text`` quoted, cut to about ``n`` characters for error messages."""
-    return repr(text if len(text) <= n else text[: n - 3] + "...")
 
 
 class TextEmbeddingCache:
@@ -187,39 +183,8 @@ class TextEncoder(nn.Module, abc.ABC):
 
     def _validate(self, prompts: Any) -> list[tuple[str, int]]:
         """validate(), also returning each prompt's token count."""
-        if isinstance(prompts, str):
-            raise PromptError(
-                f"prompts must be a list of strings, got the single string {_short(prompts)}; "
-                "wrap it in a list"
-            )
-        try:
-            prompts = list(prompts)
-        except TypeError:
-            raise PromptError(
-                f"prompts must be a list of strings, got {type(prompts).__name__}"
-            ) from None
-        if not prompts:
-            raise PromptError("the prompt list is empty; give at least one prompt, e.g. ['person']")
-        if len(prompts) > self.max_prompts:
-            raise PromptError(
-                f"{len(prompts)} prompts exceed the limit of {self.max_prompts}; split the "
-                "vocabulary into several sets or raise model.text_encoder.max_prompts"
-            )
         out = []
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise PromptError(
-                    f"prompt {i} has type {type(p).__name__}, not str: {_short(repr(p))}; "
-                    "give the prompt as text"
-                )
-            p = p.strip()
-            if not p:
-                raise PromptError(f"prompt {i} is empty or only whitespace; remove it")
-            if len(p) > self.max_chars:
-                raise PromptError(
-                    f"prompt {i} {_short(p)} has {len(p)} characters, over the limit of "
-                    f"{self.max_chars}; shorten the prompt"
-                )
+        for i, p in enumerate(validate_prompts(prompts, self.max_prompts, self.max_chars, False)):
             n = self.token_count(p)
             if n > self.max_tokens:
                 raise PromptError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -153,12 +154,59 @@ def test_segmenter_same_instances_on_every_backend_and_atomic_prompts(tiny):
 
 def test_prompt_validation_messages():
     assert validate_prompts([" a ", "b"]) == ["a", "b"]
-    with pytest.raises(ValueError, match="not one string"):
+    with pytest.raises(ValueError, match="single string"):
         validate_prompts("a,b")
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         validate_prompts(["a", " "])
     with pytest.raises(ValueError, match="exceed the limit of 3"):
         validate_prompts(["a", "b", "c", "d"], max_prompts=3)
+    with pytest.raises(ValueError, match="prompt 1 has type int"):
+        validate_prompts(["a", 3])
+    with pytest.raises(ValueError, match=r"duplicate prompts \['a'\]"):
+        validate_prompts(["a", "b", " a"])
+    assert validate_prompts(["a", "a"], unique=False) == ["a", "a"]  # the encoder in training
+
+
+BAD_PROMPTS = [
+    ("a,b", "single string"),
+    ([], "prompt list is empty"),
+    (["a", "  "], "prompt 1 is empty"),
+    (["a", "x" * 201], "prompt 1 .* has 201 characters, over the limit of 200"),
+    (["a", "b", "a"], "duplicate prompts"),
+    (["a", None], "prompt 1 has type NoneType"),
+]
+
+
+@pytest.mark.parametrize(("prompts", "message"), BAD_PROMPTS)
+def test_every_text_source_refuses_the_same_prompts_the_same_way(
+    random_text_encoder, tmp_path, prompts, message
+):
+    """One validation (validate_prompts) behind the torch encoder, the ONNX text graph, an
+    embeddings file and the Segmenter, whatever the backend."""
+    graph = export_text_graph(random_text_encoder, tmp_path / "text.onnx")
+    torch_source = TorchTextSource(random_text_encoder)
+    file = torch_source.encode(["a", "b"]).save(tmp_path / "p.npz")
+    sources = [torch_source, OnnxTextSource(graph), FileTextSource(file)]
+    errors = []
+    for source in sources:
+        with pytest.raises(ValueError, match=message) as info:
+            source.encode(prompts)
+        errors.append(str(info.value))
+    assert len(set(errors)) == 1, errors  # word for word the same
+    backend = types.SimpleNamespace(text_dim=0, accepts_visual=False, requires_visual=False)
+    seg = Segmenter(backend, sources[1], 64)
+    seg.set_prompts(["a", "b"])
+    with pytest.raises(ValueError, match=message):
+        seg.set_prompts(prompts)
+    assert seg.prompts == ("a", "b")  # a refused list leaves the previous one in force
+
+
+def test_text_sources_refuse_a_prompt_over_their_token_limit(random_text_encoder, tmp_path):
+    """The encoder that counts tokens refuses a prompt over its limit, never truncates it."""
+    source = OnnxTextSource(export_text_graph(random_text_encoder, tmp_path / "text.onnx"))
+    source.max_tokens = 4
+    with pytest.raises(ValueError, match=r"prompt 1 .* tokens, over the text graph's limit of 4"):
+        source.encode(["a", "one two three four five six"])
 
 
 def test_text_graph_matches_the_encoder(random_text_encoder, tmp_path):
@@ -287,7 +335,9 @@ def tiny_visual(tiny, tmp_path_factory):
 def test_visual_graph_matches_eager_for_points_and_boxes(tiny_visual):
     model, path = tiny_visual
     ort_backend, torch_backend = OnnxRuntimeBackend(path), TorchBackend(model)
-    assert ort_backend.accepts_visual and ort_backend.requires_visual and torch_backend.accepts_visual
+    assert (
+        ort_backend.accepts_visual and ort_backend.requires_visual and torch_backend.accepts_visual
+    )
     assert io_spec.read_metadata(path)[io_spec.META_VISUAL] == "1"
     arrays = TorchTextSource(model.text_encoder).encode(["red circle", "blue square"])
     images = _images(2, seed=3)

@@ -57,9 +57,9 @@ class OnePerPrompt:
     input_hw = (SIZE, SIZE)
     fixed_hw = max_hw = None
     accepts_visual = requires_visual = False
-    meta: dict[str, str] = {}
 
     def __init__(self) -> None:
+        self.meta: dict[str, str] = {}
         self.on_infer: Callable[[dict[str, np.ndarray]], None] | None = None
         self.frames = 0
 
