@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mobius_core.cli import _load_model
+from mobius_core.build import load_trained_model
 from mobius_core.config import load_config
 from mobius_core.data.synthetic import cached_split
 from mobius_core.evaluation.evaluator import evaluate_dataset
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     size, min_keep = cfg.model.input_size, cfg.model.pruning.min_keep
     curves = {}
     for name, path in (("calibration", args.with_cal), ("focal", args.without)):
-        curves[name] = curve(_load_model(cfg, path, []), data, size, min_keep)
+        curves[name] = curve(load_trained_model(cfg, path, []), data, size, min_keep)
     print(f"{cfg.name} on synthetic {args.synthetic} ({args.num_images} images) at {size}, "
           f"min_keep {min_keep}; drop = unpruned mask AP - pruned mask AP")  # fmt: skip
     print("| model | setting | decoder GFLOPs | mask AP | ECE % | drop | other model's drop "

@@ -23,14 +23,16 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mobius_core.cli import _load_model  # noqa: E402
+from mobius_core.build import load_trained_model  # noqa: E402
 from mobius_core.data.synthetic import SHAPES, cached_split  # noqa: E402
 from mobius_core.data.transforms import ResizeFlip, collate  # noqa: E402
 from mobius_core.training.checkpoint import load_checkpoint, recorded_config  # noqa: E402
 
 
 def load(checkpoint: str):
-    return _load_model(recorded_config(load_checkpoint(checkpoint), "shapes_tiny"), checkpoint, [])
+    return load_trained_model(
+        recorded_config(load_checkpoint(checkpoint), "shapes_tiny"), checkpoint, []
+    )
 
 
 @torch.no_grad()

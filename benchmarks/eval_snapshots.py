@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobius_core.atomic import atomic_write_bytes
-from mobius_core.cli import _load_model
+from mobius_core.build import load_trained_model
 from mobius_core.config import load_config
 from mobius_core.data.synthetic import cached_split
 from mobius_core.evaluation.evaluator import evaluate_dataset
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         state = load_checkpoint(path)
         step, seconds = int(state.get("step", 0)), round(float(state.get("elapsed_s", 0.0)), 1)
         del state
-        model = _load_model(cfg, path, [])
+        model = load_trained_model(cfg, path, [])
         m = evaluate_dataset(model, data, short_side=cfg.model.input_size).metrics
         rows.append(
             {"step": step, "seconds": seconds, **{k: round(m.get(k, 0.0), 2) for k in COLUMNS[2:]}}

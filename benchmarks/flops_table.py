@@ -14,8 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobius_core.build import build_model
-from mobius_core.cli import add_set_argument
-from mobius_core.config import load_config, parse_set_args
+from mobius_core.config import add_set_argument, load_config, parse_set_args
 from mobius_core.flops import count_flops, parse_size
 
 KEYS = ("vision_encoder", "pixel_decoder", "modality_fusion", "decoder", "total")

@@ -20,8 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobius_core.build import build_model
-from mobius_core.cli import add_set_argument
-from mobius_core.config import load_config, parse_set_args
+from mobius_core.config import add_set_argument, load_config, parse_set_args
 from mobius_core.flops import count_flops, parse_size
 from mobius_core.vocab import prompt_set
 

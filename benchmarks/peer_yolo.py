@@ -240,7 +240,7 @@ def ours_curve(run: Path, ds, imgsz: int) -> list[tuple[float, float]]:
     (step_*.pt), by the project's evaluator; cached in the run folder as curve.csv."""
     from tqdm import tqdm
 
-    from mobius_core.cli import _load_model
+    from mobius_core.build import load_trained_model
     from mobius_core.evaluation.evaluator import evaluate_dataset
     from mobius_core.training.checkpoint import load_checkpoint
 
@@ -256,7 +256,7 @@ def ours_curve(run: Path, ds, imgsz: int) -> list[tuple[float, float]]:
         if ckpt.name in done:
             continue
         seconds = float(load_checkpoint(ckpt)["elapsed_s"])
-        model = _load_model(cfg, str(ckpt), [])
+        model = load_trained_model(cfg, str(ckpt))
         ap = evaluate_dataset(model, ds, short_side=imgsz, referring=False).metrics["mask_ap"]
         done[ckpt.name] = (seconds, ap)
         rows = ["file,seconds,mask_ap"] + [f"{k},{s:.1f},{a:.2f}" for k, (s, a) in done.items()]
@@ -360,32 +360,29 @@ def latency(yolo_weights: Path, sizes: list[int], frames: int, images: list[np.n
     """Median and p95 onnxruntime inference ms of both graphs, frames interleaved; ours is
     the shipped shapes_tiny, or the side-by-side run's model where ``ours_run`` is given."""
     import onnxruntime as ort
-    from mobius_core.export.runtime import OnnxRuntimeBackend, Segmenter, TorchTextSource
 
-    from mobius_core.cli import _load_model
+    from mobius_core.build import load_trained_model
     from mobius_core.config import load_config
     from mobius_core.data.synthetic import SEEN_CATEGORIES
-    from mobius_core.export import io_spec
     from mobius_core.export.onnx import export_config_model
     from mobius_core.imageops import resize_image
-    from mobius_core.postprocess import PostProcessor
+    from mobius_core.inference import SegmenterSpec, build_segmenter
 
     if ours_run is None:
         cfg, tag = load_config("shapes_tiny"), "shapes_tiny"
-        model = _load_model(cfg, None, [])
+        model = load_trained_model(cfg)
     else:
         cfg, tag = run_config(ours_run / "last.pt"), f"sbs-{ours_run.parent.name}"
-        model = _load_model(cfg, str(ours_run / "last.pt"), [])
-    text = TorchTextSource(model.text_encoder)
+        model = load_trained_model(cfg, str(ours_run / "last.pt"))
     rows = []
     for size in sizes:
         ours_path = yolo_weights.parent / f"{tag}-{size}.onnx"
         if not ours_path.is_file():
             export_config_model(cfg, model, ours_path, size)
-        # the shipped default pruning
-        prune, min_keep = io_spec.split_pruning(io_spec.pruning_values(cfg.model.pruning))
-        ours = Segmenter(OnnxRuntimeBackend(ours_path, threads=1), text, size, size,
-                         PostProcessor(score_threshold=0.3), prune, min_keep)  # fmt: skip
+        # the default pruning the graph records, one thread, the numpy resize
+        spec = SegmenterSpec("onnxruntime", str(ours_path), size=size, max_size=size,
+                             threads=1, ort_preprocess=False)  # fmt: skip
+        ours = build_segmenter(spec)
         ours.set_prompts(list(SEEN_CATEGORIES))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
@@ -422,8 +419,7 @@ def report(
     import torch
     from ultralytics import YOLO
 
-    from mobius_core.build import prune_schedule
-    from mobius_core.cli import _load_model
+    from mobius_core.build import load_trained_model, prune_schedule
     from mobius_core.config import load_config
     from mobius_core.evaluation.evaluator import evaluate_dataset
     from mobius_core.flops import count_flops
@@ -431,7 +427,7 @@ def report(
 
     val = cached_split("val", num_val)
     cfg = load_config("shapes_tiny")
-    tiny = _load_model(cfg, None, [])
+    tiny = load_trained_model(cfg)
     ours = evaluate_dataset(tiny, val, short_side=imgsz, prune=prune_schedule(cfg.model.pruning),
                             referring=False).metrics  # fmt: skip
     n_ours = image_params(tiny)
@@ -440,7 +436,7 @@ def report(
     series = [("shapes_tiny (shipped run)", *zip(*shipped_curve()))]
     if ours_run is not None:  # the side-by-side run: same machine, same time, same load
         sbs_cfg = run_config(ours_run / "last.pt")
-        sbs = _load_model(sbs_cfg, str(ours_run / "last.pt"), [])
+        sbs = load_trained_model(sbs_cfg, str(ours_run / "last.pt"))
         pruned = evaluate_dataset(sbs, val, short_side=imgsz, referring=False,
                                   prune=prune_schedule(cfg.model.pruning)).metrics  # fmt: skip
         full = evaluate_dataset(sbs, val, short_side=imgsz, referring=False).metrics

@@ -71,9 +71,8 @@ def main() -> None:
     arms = {f"torch, batch {s}": (torch_encode, s) for s in sizes}
     tmp = tempfile.TemporaryDirectory()
     if args.onnx:
-        from mobius_core.export.runtime import OnnxTextSource
-
         from mobius_core.export.onnx import export_text_graph
+        from mobius_core.inference.text import OnnxTextSource
 
         source = OnnxTextSource(export_text_graph(enc, Path(tmp.name) / "text.onnx"), 4096)
 

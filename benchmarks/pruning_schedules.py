@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mobius_core.cli import _load_model
+from mobius_core.build import load_trained_model
 from mobius_core.config import load_config
 from mobius_core.data.synthetic import cached_split
 from mobius_core.evaluation.evaluator import evaluate_dataset
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="PNG plot of mask AP against decoder GFLOPs")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
-    model = _load_model(cfg, args.checkpoint, [])
+    model = load_trained_model(cfg, args.checkpoint, [])
     data = cached_split(args.synthetic, args.num_images, args.seed)
     rows = []
     settings = [("none", None, None, args.min_keep)] + [

@@ -164,13 +164,13 @@ def _evaluate(ckpt: str) -> dict[str, float]:
     import torch
 
     torch.set_num_threads(1)
-    from mobius_core.cli import _load_model
+    from mobius_core.build import load_trained_model
     from mobius_core.data.synthetic import cached_split
     from mobius_core.evaluation.evaluator import evaluate_dataset
     from mobius_core.training.checkpoint import load_checkpoint, recorded_config
 
     state = load_checkpoint(ckpt)
-    model = _load_model(recorded_config(state, "shapes_tiny"), ckpt, [])
+    model = load_trained_model(recorded_config(state, "shapes_tiny"), ckpt, [])
     val = cached_split("val", 100, 0)
     m = evaluate_dataset(model, val, short_side=320, referring=False).metrics
     return {"step": int(state["step"]), "mask_ap": m["mask_ap"], "box_ap": m["box_ap"]}

@@ -69,22 +69,11 @@ def track(detections, motion: bool, same_label: bool, threshold: float) -> tuple
 
 
 def build_segmenter(threshold: float):
-    from mobius_core.export.runtime import Segmenter, TorchBackend, TorchTextSource
-
-    from mobius_core.cli import _load_model
-    from mobius_core.config import load_config
     from mobius_core.data.synthetic import SEEN_CATEGORIES
-    from mobius_core.export import io_spec
-    from mobius_core.postprocess import PostProcessor
+    from mobius_core.inference import SegmenterSpec
+    from mobius_core.inference import build_segmenter as build
 
-    cfg = load_config("shapes_tiny")
-    model = _load_model(cfg, None, [])
-    prune, min_keep = io_spec.split_pruning(io_spec.pruning_values(cfg.model.pruning))
-    seg = Segmenter(
-        TorchBackend(model, cfg.model.pruning.schedule),
-        TorchTextSource(model.text_encoder), cfg.model.input_size, cfg.model.input_size,
-        PostProcessor(score_threshold=threshold), prune, min_keep,
-    )  # fmt: skip
+    seg = build(SegmenterSpec(backend="torch", config="shapes_tiny", score_threshold=threshold))
     seg.set_prompts(list(SEEN_CATEGORIES))
     return seg
 

@@ -24,19 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mobius_core.export.runtime import (
-    OnnxRuntimeBackend,
-    Segmenter,
-    TorchTextSource,
-)
-
-from mobius_core.build import prune_schedule
-from mobius_core.cli import _load_model
+from mobius_core.build import load_trained_model, prune_schedule
 from mobius_core.config import load_config
 from mobius_core.data.synthetic import SEEN_CATEGORIES, cached_split
 from mobius_core.evaluation.visual import evaluate_visual
-from mobius_core.export import io_spec
 from mobius_core.export.onnx import export_config_model
+from mobius_core.inference import SegmenterSpec, build_segmenter
 
 
 def quality(cfg, model, size: int) -> list[tuple[str, str, dict]]:
@@ -56,8 +49,6 @@ def quality(cfg, model, size: int) -> list[tuple[str, str, dict]]:
 def timing(cfg, model, size: int, frames: int) -> list[tuple[str, float, float]]:
     data = cached_split("val", 20)
     images = [data[i].image for i in range(len(data))]
-    text = TorchTextSource(model.text_encoder)
-    prune, min_keep = io_spec.split_pruning(io_spec.pruning_values(cfg.model.pruning))
     with tempfile.TemporaryDirectory() as tmp:
         segs = {}
         for visual in (False, True):
@@ -65,8 +56,9 @@ def timing(cfg, model, size: int, frames: int) -> list[tuple[str, float, float]]
             with warnings.catch_warnings():  # the tracer's notes on constant shapes
                 warnings.simplefilter("ignore")
                 export_config_model(cfg, model, path, size, visual=visual)
-            seg = Segmenter(OnnxRuntimeBackend(path, threads=1), text, size, size,
-                            prune=prune, min_keep=min_keep, pad_to=(size, size))  # fmt: skip
+            spec = SegmenterSpec("onnxruntime", str(path), size=size, max_size=size,
+                                 threads=1, ort_preprocess=False)  # fmt: skip
+            seg = build_segmenter(spec)
             seg.set_prompts(list(SEEN_CATEGORIES))
             segs[visual] = seg
         cases = [
@@ -92,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=100)
     args = p.parse_args(argv)
     cfg = load_config("shapes_tiny")
-    model = _load_model(cfg, None, [])
+    model = load_trained_model(cfg)
     print("| split | setting | prompts | point mIoU | point IoU>0.5 % | box mIoU | box IoU>0.5 % |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for split, name, m in quality(cfg, model, args.size):

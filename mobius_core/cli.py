@@ -16,19 +16,14 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, config_to_dict, load_config, parse_set_args, zoo_names
-
-
-def add_set_argument(p: argparse.ArgumentParser) -> None:
-    """The repeatable ``--set KEY=VALUE`` config override (parsed by ``parse_set_args``)."""
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set model.decoder.num_queries=100 (repeatable)",
-    )
+from .config import (
+    ConfigError,
+    add_set_argument,
+    config_to_dict,
+    load_config,
+    parse_set_args,
+    zoo_names,
+)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

@@ -452,3 +452,15 @@ def _check_cross_fields(cfg: Config) -> None:
         )
     if t.lr_drop_steps != sorted(t.lr_drop_steps):
         raise ConfigError(f"train.lr_drop_steps={t.lr_drop_steps} must be increasing")
+
+
+def add_set_argument(p: Any) -> None:
+    """The repeatable ``--set KEY=VALUE`` config override (parsed by ``parse_set_args``)."""
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set model.decoder.num_queries=100 (repeatable)",
+    )
