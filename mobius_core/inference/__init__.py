@@ -8,15 +8,24 @@ ready Segmenter from plain values). Importing this package, onnxruntime's backen
 TensorRT's imports neither torch nor timm.
 """
 
-from .factory import ModelInfo, SegmenterSpec, build_segmenter
-from .prompts import TextArrays, validate_prompts
-from .segmenter import Segmenter
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "ModelInfo",
-    "Segmenter",
-    "SegmenterSpec",
-    "TextArrays",
-    "build_segmenter",
-    "validate_prompts",
-]
+_EXPORTS = {
+    "ModelInfo": "factory",
+    "SegmenterSpec": "factory",
+    "build_segmenter": "factory",
+    "PromptError": "prompts",
+    "TextArrays": "prompts",
+    "validate_prompts": "prompts",
+    "Segmenter": "segmenter",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, imported on first use: importing one submodule (say ``prompts``,
+    which the text encoder uses) does not import the rest of the package."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
