@@ -9,8 +9,7 @@ import torch
 from mobius_core.build import build_model
 from mobius_core.config import load_config
 from mobius_core.export.onnx import export_config_model, export_text_graph
-from mobius_core.inference import SegmenterSpec, build_segmenter
-from mobius_core.inference import io_spec
+from mobius_core.inference import SegmenterSpec, build_segmenter, io_spec
 
 pytest.importorskip("onnxruntime")
 
