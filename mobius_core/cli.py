@@ -384,12 +384,15 @@ def _describe(prune) -> str:
 
 
 def _cmd_build_engine(args: argparse.Namespace) -> int:
-    from .export.tensorrt import build_engine, choose_profile
+    from .export.tensorrt import build_engine, default_profile
     from .inference import io_spec
 
     meta = io_spec.read_metadata(args.model)
-    input_hw = tuple(json.loads(meta[io_spec.META_INPUT_SIZE]))
-    profile = choose_profile(input_hw, args.prompts, args.max_prompts, max_batch=args.max_batch)
+    profile = default_profile(
+        args.model, prompts=args.prompts, max_prompts=args.max_prompts,
+        max_batch=args.max_batch, min_size=args.min_size, size=args.size,
+        max_aspect=args.max_aspect, max_visual=args.max_visual,
+    )  # fmt: skip
     text = None
     if args.precision == "int8":
         from .build import build_text_encoder_from_config
@@ -400,7 +403,10 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
         text = TorchTextSource(build_text_encoder_from_config(cfg.model)).encode(names)
     path = build_engine(args.model, args.cache_dir, args.precision, profile, args.calib_images,
                         args.dla_core, args.workspace_gb, args.force, text)  # fmt: skip
-    print(f"engine: {path}")
+    hw = profile.fixed_hw
+    sizes = (f"{hw[0]}x{hw[1]} only" if hw else f"H {profile.height[0]}..{profile.height[2]}, "
+             f"W {profile.width[0]}..{profile.width[2]}")  # fmt: skip
+    print(f"engine: {path} ({sizes})")
     return 0
 
 
@@ -558,6 +564,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=16, help="prompt count to optimise for")
     p.add_argument("--max-prompts", type=int, default=256, help="largest prompt count (profile)")
     p.add_argument("--max-batch", type=int, default=1, help="largest batch (profile)")
+    p.add_argument("--size", type=int, help="--dynamic-hw graphs: largest short side "
+                   "(default the export size)")  # fmt: skip
+    p.add_argument("--min-size", type=int, help="--dynamic-hw graphs: smallest short side "
+                   "(default half of --size, the node's budget ladder)")  # fmt: skip
+    p.add_argument("--max-aspect", type=float, default=16 / 9, help="--dynamic-hw graphs: "
+                   "widest frame aspect (long/short side, default 16:9)")  # fmt: skip
+    p.add_argument("--max-visual", type=int, default=16, help="point/box prompts per image "
+                   "(--visual graphs, profile)")  # fmt: skip
     p.add_argument("--calib-images", help="INT8: a folder of representative images")
     p.add_argument("--calib-prompts", default="object", help="INT8: prompts used while calibrating")
     p.add_argument("--dla-core", type=int, default=-1, help="run on this DLA core (Jetson)")

@@ -1,11 +1,16 @@
 """TensorRT engines: build from the exported ONNX graph, cache by a precise key, run.
 
 Written against TensorRT's public Python API (10.x: ``tensorrt.Builder``, ``OnnxParser``,
-``IBuilderConfig``, ``IExecutionContext.execute_async_v3`` with an ``IOutputAllocator`` for the
-data-dependent number of kept queries) and cuda-python (``cuda.bindings.runtime``) for device
-buffers. TensorRT is not installable on CI machines: the logic that decides things (cache
-key, engine file name, profile choice, sidecar checks, calibration batches) is plain Python
-tested without it; building and running need ``tensorrt`` and a GPU.
+``IBuilderConfig``, ``IOptimizationProfile``, ``IInt8EntropyCalibrator2``) with device buffers
+from ``mobius_core.inference.cuda`` (cuda-python or pycuda). TensorRT is not installable on CI
+machines: the logic that decides things (cache key, engine file name, profile choice, sidecar
+checks, calibration batches) is plain Python, and building and running are tested against a
+test double of the TensorRT API (``test/trt_double``) that runs the graph in onnxruntime.
+
+Profiles: a ``--dynamic-hw`` graph gets dynamic H/W covering the node's budget ladder and
+frames of either orientation up to 16:9 (``choose_profile``); a fixed-size graph a fixed
+profile. The graph's ``mobius.*`` metadata is copied into the sidecar (``meta``), where the
+backend reads config name, default pruning, layers and text width from.
 
 Engine cache: ``<cache_dir>/<model stem>-<key>.engine`` plus ``.json`` sidecar. The key
 hashes the ONNX file, the TensorRT version, the GPU name, the precision, the DLA core and the
@@ -31,7 +36,6 @@ from ..inference import io_spec
 from ..inference.trt_backend import (
     EngineError,
     Profile,
-    _check,
     _DeviceBuffer,
     choose_profile,
     gpu_name,
@@ -97,22 +101,47 @@ def check_engine_file(path: str | Path, key: EngineKey, onnx_path: str | Path) -
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if meta.get("engine_sha256") != digest:
         raise EngineError(f"engine {path} is corrupt (its checksum changed); {fix}")
+    if not isinstance(meta.get("meta"), dict):
+        raise EngineError(f"engine {path}'s sidecar lacks the graph metadata; {fix} --force")
 
 
-def write_engine(path: str | Path, data: bytes, key: EngineKey) -> Path:
-    """Engine bytes and their sidecar (key, checksum), each written atomically."""
+def write_engine(
+    path: str | Path, data: bytes, key: EngineKey, meta: dict[str, str] | None = None
+) -> Path:
+    """Engine bytes and their sidecar (key, checksum, the graph's ``mobius.*`` metadata),
+    each written atomically; the engine first, so a sidecar never vouches for a torn one."""
     path = Path(path)
     atomic_write_bytes(path, data)
-    meta = {"key": asdict(key), "engine_sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+    info = {"key": asdict(key), "engine_sha256": hashlib.sha256(data).hexdigest(),
+            "meta": dict(meta or {})}  # fmt: skip
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps(info, indent=1).encode())
     return path
+
+
+def graph_is_dynamic(onnx_path: str | Path) -> bool:
+    """Whether the graph's ``image`` input has dynamic H/W (``mobius export --dynamic-hw``)."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    image = next((i for i in proto.graph.input if i.name == "image"), None)
+    if image is None:
+        raise EngineError(f"{onnx_path} has no `image` input; export it with `mobius export`")
+    dims = image.type.tensor_type.shape.dim[2:]
+    return not all(d.HasField("dim_value") for d in dims)
+
+
+def default_profile(onnx_path: str | Path, **kwargs: Any) -> Profile:
+    """``choose_profile`` for a graph file: its export size, dynamic H/W where it has them."""
+    meta = io_spec.read_metadata(onnx_path)
+    return choose_profile(io_spec.input_size(meta), dynamic=graph_is_dynamic(onnx_path), **kwargs)
 
 
 def calibration_batches(
     folder: str | Path, input_hw: tuple[int, int], limit: int = 64
 ) -> list[np.ndarray]:
     """INT8 calibration inputs: up to ``limit`` images of ``folder`` preprocessed exactly as at
-    run time and padded to the engine's input size, [1,3,H,W] float32 each."""
+    run time and padded to ``input_hw`` (the calibration profile's size: the export size of a
+    fixed graph, the opt size of a dynamic one), [1,3,H,W] float32 each."""
     from PIL import Image
 
     from ..imageops import preprocess
@@ -145,17 +174,34 @@ def build_engine(
     workspace_gb: float = 2.0,
     force: bool = False,
     text: Any = None,
+    cuda: str | None = None,
 ) -> Path:
     """Build (or reuse) the engine of ``onnx_path``; returns the engine file.
 
+    profile: None = :func:`default_profile` (dynamic H/W for a ``--dynamic-hw`` graph).
     text: a ``TextArrays`` used as the fixed prompt input during INT8 calibration.
+    cuda: the CUDA library for calibration buffers (see ``mobius_core.inference.cuda``).
     """
+    from ..inference.cuda import load
+
     trt = require_tensorrt()
     meta = io_spec.read_metadata(onnx_path)
-    input_hw = tuple(json.loads(meta[io_spec.META_INPUT_SIZE]))
+    if meta.get(io_spec.META_FORMAT) != io_spec.FORMAT_VERSION:
+        raise EngineError(
+            f"{onnx_path} is not a MOBIUS image graph of format {io_spec.FORMAT_VERSION}; "
+            "re-export it with `mobius export`"
+        )
+    dynamic = graph_is_dynamic(onnx_path)
+    profile = profile or default_profile(onnx_path)
+    if profile.fixed_hw is None and not dynamic:
+        raise EngineError(
+            f"{onnx_path} was exported for {io_spec.input_size(meta)} only; a profile over "
+            "several sizes needs `mobius export --dynamic-hw`"
+        )
     text_dim = int(meta[io_spec.META_TEXT_DIM])
-    profile = profile or choose_profile(input_hw)
-    key = engine_key(onnx_path, trt.__version__, gpu_name(), precision, profile, dla_core)
+    visual = meta.get(io_spec.META_VISUAL) == "1"
+    lib = load(cuda)
+    key = engine_key(onnx_path, trt.__version__, gpu_name(lib), precision, profile, dla_core)
     path = engine_path(cache_dir, onnx_path, key)
     if not force:
         try:
@@ -163,6 +209,9 @@ def build_engine(
             return path
         except EngineError:
             pass
+    if precision == "int8" and (calib_images is None or text is None):
+        raise ValueError("int8 needs --calib-images DIR (and prompts for the text input)")
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -173,38 +222,60 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     trt_profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in profile.shapes(text_dim).items():
+    for name, (lo, opt, hi) in profile.shapes(text_dim, visual).items():
         trt_profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(trt_profile)
+    if config.add_optimization_profile(trt_profile) < 0:
+        raise EngineError(f"TensorRT refused the optimisation profile {profile}")
     cache_file = Path(cache_dir) / "timing.cache"
     timing = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)
     if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
+    calibrator = None
     if precision == "int8":
-        if calib_images is None or text is None:
-            raise ValueError("int8 needs --calib-images DIR (and prompts for the text input)")
         config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _calibrator(
-            trt, calibration_batches(calib_images, input_hw), text, Path(cache_dir)
-        )
-        config.set_calibration_profile(trt_profile)
+        feeds = calibration_feeds(calibration_batches(calib_images, profile.opt_hw), text, visual)
+        calibrator = _calibrator(trt, lib, feeds, Path(cache_dir))
+        config.int8_calibrator = calibrator
+        calib_profile = builder.create_optimization_profile()  # the calibration feed's shapes
+        for name, array in feeds[0].items():
+            calib_profile.set_shape(name, array.shape, array.shape, array.shape)
+        config.set_calibration_profile(calib_profile)
     if dla_core >= 0:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    serialized = builder.build_serialized_network(network, config)
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    finally:
+        if calibrator is not None:
+            calibrator.free()
     if serialized is None:
         raise EngineError(f"TensorRT failed to build an engine from {onnx_path} (see its log)")
     atomic_write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
-    return write_engine(path, bytes(serialized), key)
+    return write_engine(path, bytes(serialized), key, meta)
 
 
-def _calibrator(trt, batches: Sequence[np.ndarray], text: Any, cache_dir: Path):
-    """An entropy calibrator feeding preprocessed images with one fixed prompt set."""
-    from cuda.bindings import runtime as cudart
-
+def calibration_feeds(
+    batches: Sequence[np.ndarray], text: Any, visual: bool = False
+) -> list[dict[str, np.ndarray]]:
+    """The graph feeds INT8 calibration runs: each batch with one fixed prompt set, pruning
+    off, and (for a ``--visual`` graph) one invalid point/box prompt."""
     from ..inference.backend import make_feed
+
+    feeds = []
+    for batch in batches:
+        feed = make_feed(batch, text, None, 100)
+        if visual:
+            feed["visual_boxes"] = np.zeros((len(batch), 1, 4), np.float32)
+            feed["visual_valid"] = np.zeros((len(batch), 1), bool)
+        feeds.append(feed)
+    return feeds
+
+
+def _calibrator(trt, cuda, feeds: Sequence[dict[str, np.ndarray]], cache_dir: Path):
+    """An entropy calibrator handing TensorRT the device copies of ``feeds``; ``free()``
+    releases its buffers once the build is done."""
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
@@ -217,20 +288,19 @@ def _calibrator(trt, batches: Sequence[np.ndarray], text: Any, cache_dir: Path):
             return 1
 
         def get_batch(self, names):
-            if self.index >= len(batches):
+            if self.index >= len(feeds):
                 return None
-            feed = make_feed(batches[self.index], text, None, 100)
+            feed = feeds[self.index]
             self.index += 1
             ptrs = []
-            for name in names:
-                arr = np.ascontiguousarray(feed[name])
-                buf = self.buffers.setdefault(name, _DeviceBuffer())
-                ptr = buf.ensure(arr.nbytes)
-                (err,) = cudart.cudaMemcpy(
-                    ptr, arr.ctypes.data, arr.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-                )
-                _check(err, "cudaMemcpy")
-                ptrs.append(ptr)
+            with cuda.active():
+                for name in names:
+                    arr = np.ascontiguousarray(feed[name])
+                    if name not in self.buffers:
+                        self.buffers[name] = _DeviceBuffer(cuda)
+                    ptr = self.buffers[name].ensure(arr.nbytes)
+                    cuda.h2d(ptr, arr)
+                    ptrs.append(ptr)
             return ptrs
 
         def read_calibration_cache(self):
@@ -238,5 +308,10 @@ def _calibrator(trt, batches: Sequence[np.ndarray], text: Any, cache_dir: Path):
 
         def write_calibration_cache(self, cache) -> None:
             atomic_write_bytes(self.cache, bytes(cache))
+
+        def free(self) -> None:
+            for buf in self.buffers.values():
+                buf.free()
+            self.buffers.clear()
 
     return Calibrator()

@@ -36,7 +36,8 @@ class Segmenter:
 
     prune: ``{"prune_low", "prune_high", "prune_beta"}`` or None (off); ``min_keep``.
     pad_to: the (H, W) of a graph exported for one size; images are resized to fit inside
-    it (short side and long side capped) and zero-padded to it.
+    it (short side and long side capped) and zero-padded to it. A backend's ``max_hw`` caps
+    the short and long side the same way at every call (``short_side`` may change).
     preprocessor: a callable like ``imageops.preprocess`` (the default), e.g. the
     onnxruntime ``OrtPreprocessor`` that computes the same thing faster.
     """
@@ -115,7 +116,11 @@ class Segmenter:
             raise ValueError("no prompts set; call set_prompts first")
         arrays, task = current
         t0 = time.perf_counter()
-        batch, sizes = self.preprocess(images, self.short_side, self.max_size)
+        short_side, max_size = self.short_side, self.max_size
+        max_hw = self.backend.max_hw
+        if max_hw is not None:  # e.g. an engine's profile: keep every frame inside it
+            short_side, max_size = min(short_side, *max_hw), min(max_size, max(max_hw))
+        batch, sizes = self.preprocess(images, short_side, max_size)
         if self.pad_to is not None:
             batch = pad_batch(batch, self.pad_to)
         feed = make_feed(batch, arrays, self.prune, self.min_keep)
