@@ -44,15 +44,16 @@ PROMPTS = ["orange hexagon", "purple hexagon", "yellow square", "blue square", "
 
 
 def overhead(h: Harness, frames, n: int) -> dict:
-    rows = []
+    rows, sent = [], {}
     for i in range(n + 5):
         msg = h.image(frames[i % len(frames)])
         t0 = time.monotonic()
         out = h.send(msg)
         if out is None or i < 5:
             continue
-        e2e = (h.instances[msg.header.stamp.sec][0] - t0) * 1e3
-        rows.append((e2e, out.inference_ms, len(out.instances)))
+        got = h.instances[msg.header.stamp.sec][0]
+        sent[msg.header.stamp.sec] = (t0, got)
+        rows.append(((got - t0) * 1e3, out.inference_ms, len(out.instances)))
     a = np.array(rows)
     over = a[:, 0] - a[:, 1]
     return {
@@ -60,8 +61,61 @@ def overhead(h: Harness, frames, n: int) -> dict:
         "e2e_p50": np.percentile(a[:, 0], 50), "e2e_p95": np.percentile(a[:, 0], 95),
         "inf_p50": np.percentile(a[:, 1], 50),
         "over_p50": np.percentile(over, 50), "over_p95": np.percentile(over, 95),
-        "instances": a[:, 2].mean(),
+        "instances": a[:, 2].mean(), "sent": sent,
     }  # fmt: skip
+
+
+# the node's MOBIUS_NODE_PROFILE line: stamp.sec, then monotonic times and step durations
+_PROFILE_FIELDS = ("sec", "received", "start", "converted", "preprocess", "inference",
+                   "postprocess", "segmented", "tracked", "built", "published", "done")  # fmt: skip
+NODE_STEPS = (
+    ("transport in: published -> node callback", "transport"),
+    ("hand-off: node callback -> worker thread", "transport"),
+    ("convert (image_msg_to_rgb)", "node"),
+    ("preprocess (resize, normalise)", "node"),
+    ("inference (backend.infer)", "inference"),
+    ("postprocess (select, boxes, masks)", "node"),
+    ("segmenter rest (feed, prompt split)", "node"),
+    ("duplicates + tracking", "node"),
+    ("message (RLE, fields, InstanceArray)", "node"),
+    ("publish instances (serialize)", "node"),
+    ("other topics (subscribed ones only)", "node"),
+    ("transport out: published -> harness callback", "transport"),
+)
+
+
+def node_profile(path: Path, sent: dict) -> dict[str, np.ndarray]:
+    """Per-frame step times (ms) from the node's profile lines joined with the harness's
+    send/receive times (CLOCK_MONOTONIC is shared between processes)."""
+    steps: dict[str, list[float]] = {name: [] for name, _ in NODE_STEPS}
+    for line in path.read_text().splitlines():
+        r = dict(zip(_PROFILE_FIELDS, map(float, line.split())))
+        if int(r["sec"]) not in sent:
+            continue
+        t0, got = sent[int(r["sec"])]
+        seg = r["segmented"] - r["converted"]
+        values = (r["received"] - t0, r["start"] - r["received"], r["converted"] - r["start"],
+                  r["preprocess"], r["inference"], r["postprocess"],
+                  seg - r["preprocess"] - r["inference"] - r["postprocess"],
+                  r["tracked"] - r["segmented"], r["built"] - r["tracked"],
+                  r["published"] - r["built"], r["done"] - r["published"],
+                  got - r["published"])  # fmt: skip
+        for (name, _), v in zip(NODE_STEPS, values):
+            steps[name].append(v * 1e3)
+    return {k: np.asarray(v) for k, v in steps.items()}
+
+
+def print_node_profile(steps: dict[str, np.ndarray]) -> None:
+    print("\nInside the node (MOBIUS_NODE_PROFILE), the same frames:\n")
+    print("| step | kind | p50 (ms) | p95 (ms) |\n|---|---|---:|---:|")
+    kinds = dict(NODE_STEPS)
+    for name, v in steps.items():
+        p50, p95 = np.percentile(v, 50), np.percentile(v, 95)
+        print(f"| {name} | {kinds[name]} | {p50:.2f} | {p95:.2f} |")
+    for kind in ("node", "transport"):
+        total = sum(v for k, v in steps.items() if kinds[k] == kind)
+        print(f"| **{kind} total** (per-frame sum) | {kind} | {np.percentile(total, 50):.2f} | "
+              f"{np.percentile(total, 95):.2f} |")  # fmt: skip
 
 
 def breakdown(frames, n: int, threshold: float) -> dict:
@@ -264,7 +318,9 @@ def main() -> int:
     params = {"prompts": ros_list(PROMPTS), "score_threshold": str(args.threshold)}
     if args.no_tracking:
         params["tracking"] = "false"
-    proc = start_node(params, args.domain_id, log)
+    profile = log.with_name("node_profile.txt")
+    env = {**os.environ, "MOBIUS_NODE_PROFILE": str(profile)} if args.what == "overhead" else None
+    proc = start_node(params, args.domain_id, log, env=env)
     rclpy.init()
     h = Harness("mobius_bench", masks=False)
     try:
@@ -282,6 +338,7 @@ def main() -> int:
             print(f"| inference (reported by the node) | {r['inf_p50']:.1f} | |")
             print(f"| node overhead (the difference) | {r['over_p50']:.1f} | {r['over_p95']:.1f} |")
             stop(proc)
+            print_node_profile(node_profile(profile, r["sent"]))
             b = breakdown(frames, args.frames, args.threshold)
             print("\nIn-process breakdown of the same steps:\n\n| step | p50 (ms) | p95 (ms) |")
             print("|---|---:|---:|")

@@ -26,6 +26,7 @@ published message carries the prompts and mode its frame was inferred with (the 
 from __future__ import annotations
 
 import array
+import os
 import signal
 import threading
 import time
@@ -186,6 +187,10 @@ class SegmentationNode(LifecycleNode):
         self.bad_frames = 0
         self.last_error = ""
         self.last_prompt_error = ""  # the last refused click, shown in /diagnostics
+        # MOBIUS_NODE_PROFILE=<file>: one line per frame with the monotonic time of each
+        # step (benchmarks/ros_node.py overhead reads it; the clock is shared by processes)
+        profile = os.environ.get("MOBIUS_NODE_PROFILE")
+        self._profile = open(profile, "a", buffering=1) if profile else None
         self.image_topic = self.resolve_topic_name("image")
         self._param_lock = threading.RLock()  # parameter changes come from two threads
         self.prompt_group = MutuallyExclusiveCallbackGroup()  # spun apart (NodeExecutors)
@@ -480,6 +485,7 @@ class SegmentationNode(LifecycleNode):
             rgb = compressed_to_rgb(msg.format, msg.data, self.p.max_image_pixels)
         else:
             rgb = image_msg_to_rgb(msg, self.p.max_image_pixels)
+        converted = time.monotonic()
         if self._pending_level or self.budget.target_fps > 0:
             apply_level(self.seg, self.budget.level if self.budget.target_fps > 0
                         else self.model.default_level)  # fmt: skip
@@ -489,6 +495,7 @@ class SegmentationNode(LifecycleNode):
         prompts = self.visual.prompts if self.model.visual else []
         clicks = self.visual.segmenter_prompts(prompts)
         (inst,) = self.seg([rgb], [clicks] if clicks else None)
+        segmented = time.monotonic()
         used = self.seg.last_prompts  # what this frame was inferred with (not the newest)
         n_text = len(inst) - len(clicks)  # the answers to point/box prompts come last
         text, answers = inst.select(range(n_text)), inst.select(range(n_text, len(inst)))
@@ -505,12 +512,20 @@ class SegmentationNode(LifecycleNode):
         if tracker is not None:
             ids = tracker.update(inst.masks, inst.label_texts).tolist()
         times = self.seg.last_times
+        tracked = time.monotonic()
         kept = int(self.seg.last_outputs.kept[0, -1]) if self.seg.last_outputs.kept.size else 0
         self.last_kept = kept
         if self.stopping:
             return
-        self._publish(msg.header, rgb, inst, times.inference * 1e3, kept, used, ids, prompts)
+        stamps = [] if self._profile is not None else None
+        self._publish(msg.header, rgb, inst, times.inference * 1e3, kept, used, ids, prompts,
+                      stamps)  # fmt: skip
         done = time.monotonic()
+        if stamps is not None:
+            head = msg.header.stamp.sec, received, start, converted
+            steps = times.preprocess, times.inference, times.postprocess, segmented, tracked
+            self._profile.write(" ".join(repr(float(v)) for v in (*head, *steps, *stamps, done))
+                                + "\n")  # fmt: skip
         worker = self.worker
         if worker is not None:
             worker.stats.add(done - received, done)
@@ -520,7 +535,10 @@ class SegmentationNode(LifecycleNode):
     def _publish(
         self, header: Any, rgb: Any, inst: Any, inference_ms: float, kept: int,
         used: tuple[tuple[str, ...], str], ids: Any = None, visual: Any = (),
+        stamps: list[float] | None = None,
     ) -> None:  # fmt: skip
+        """Publish the frame's messages; ``stamps`` (profiling) gets the monotonic times
+        after the InstanceArray is built and after it is published."""
         prompts, mode = used
         out = InstanceArray(header=header, mode=mode)
         out.prompts = list(prompts) + [p.label for p in visual]
@@ -533,7 +551,11 @@ class SegmentationNode(LifecycleNode):
             m.mask_rle_counts = array.array("I", f.mask_rle_counts)
             out.instances.append(m)
         pubs = self._pubs
+        if stamps is not None:
+            stamps.append(time.monotonic())
         pubs["instances"].publish(out)
+        if stamps is not None:
+            stamps.append(time.monotonic())
         p = self.p
         if p.publish_instance_mask and pubs["instance_mask"].get_subscription_count():
             labels = label_image(inst, rgb.shape[:2], ids)
