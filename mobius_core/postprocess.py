@@ -280,8 +280,10 @@ class PostProcessor:
             m = masks[q, :crop_h, :crop_w]  # [h',w'] logits
             if img_h <= 0 or img_w <= 0:
                 continue
-            binary, values, win = threshold_resized(m, (img_h, img_w), self.mask_threshold)
-            out_masks[k] = binary
+            # written in place: only the object's window is touched (no [H,W] temporary)
+            binary, values, win = threshold_resized(
+                m, (img_h, img_w), self.mask_threshold, out=out_masks[k]
+            )
             if self.score_with_mask:
                 inside = binary[win]
                 area = max(int(inside.sum()), 1)

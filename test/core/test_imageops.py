@@ -69,3 +69,23 @@ def test_threshold_resized_equals_resizing_everything(shape, size, fill):
     else:
         np.testing.assert_allclose(values, ref[win], rtol=1e-5, atol=1e-5)
         assert not binary[: win[0].start].any() and not binary[:, win[1].stop :].any()
+
+
+def test_threshold_resized_writes_into_out():
+    """``out=`` (a row of a preallocated batch, as PostProcessor passes) gives the same
+    binary as a fresh array, written in place; a wrong shape or dtype is refused."""
+    from mobius_core.imageops import threshold_resized
+
+    rng = np.random.default_rng(4)
+    m = rng.normal(-4, 1, (20, 27)).astype(np.float32)
+    m[6:11, 2:5] += 6
+    ref, _, _ = threshold_resized(m, (480, 640))
+    batch = np.zeros((2, 480, 640), dtype=bool)
+    binary, _, _ = threshold_resized(m, (480, 640), out=batch[1])
+    assert binary is batch[1] or np.shares_memory(binary, batch)
+    np.testing.assert_array_equal(batch[1], ref)
+    assert not batch[0].any()
+    with pytest.raises(ValueError, match="bool"):
+        threshold_resized(m, (480, 640), out=np.zeros((480, 640), np.uint8))
+    with pytest.raises(ValueError, match="480,640"):
+        threshold_resized(m, (480, 640), out=np.zeros((48, 64), bool))
