@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 # a detection below this fraction of its track's area is taken as partly hidden
 OCCLUDED = 0.8
@@ -202,6 +201,8 @@ class InstanceTracker:
             if self.same_label:
                 ok &= ~differ
             cost = np.where(ok, 1.0 - iou + self.label_penalty * differ, 1e6)
+            from scipy.optimize import linear_sum_assignment  # ~0.6 s to import: not at start
+
             rows, cols = linear_sum_assignment(cost)
             for d, k in zip(rows, cols):
                 if not ok[d, k]:

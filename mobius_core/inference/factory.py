@@ -157,41 +157,27 @@ def _torch_text(encoder: Any) -> TextSource:
 
 
 def _shipped_graph(name: str, cfg: Any, spec: SegmenterSpec):
-    """The shipped checkpoint of ``cfg`` as a cached ONNX graph (exported the first time)."""
+    """The shipped checkpoint of ``cfg`` as a cached ONNX graph (``mobius_core.bundle``: found
+    without torch, exported the first time). With ``spec.visual`` the graph has point/box
+    inputs where the checkpoint has a trained visual prompter (the bundle's manifest records
+    which). The bundle's text graph is :func:`default_text_source`'s to find (each file of
+    the bundle is checked once)."""
     if name != "onnxruntime":
         raise ValueError(
             f"the {name} backend needs a model (an engine); build one with "
             "`mobius build-engine model.onnx`"
         )
-    from ..training.checkpoint import shipped_checkpoint
+    from ..bundle import shipped_bundle
 
-    ckpt = shipped_checkpoint(cfg.name)
-    if ckpt is None:
-        raise ValueError(
-            f"no shipped weights for config {cfg.name!r}; give a model (an .onnx file from "
-            "`mobius export`)"
-        )
-    try:
-        from ..export.onnx import cached_export
-    except ImportError as exc:
-        raise ValueError(
-            "the shipped model must be exported to ONNX once, which needs torch; run "
-            f"`mobius export {cfg.name} --dynamic-hw --out model.onnx` where torch is "
-            "installed and give that file as the model"
-        ) from exc
-    from ..training.checkpoint import has_visual_prompter, load_checkpoint
-
-    visual = spec.visual and has_visual_prompter(load_checkpoint(ckpt))
-    size = spec.size or cfg.model.input_size
-    return cached_export(cfg, ckpt, size, dynamic_hw=True, visual=visual)
+    return shipped_bundle(cfg, spec.size or cfg.model.input_size, spec.visual, text=False).image
 
 
 def default_text_source(cfg: Any, max_prompts: int = 256) -> TextSource:
     """The config's text encoder: its ONNX graph (exported once and cached; several times
     faster on a CPU) where it has one, else the encoder in torch."""
-    from ..export.onnx import cached_text_export
+    from ..bundle import cached_text_graph
 
-    path = cached_text_export(cfg)
+    path = cached_text_graph(cfg)  # found without torch; exported (torch) the first time
     if path is not None:
         return OnnxTextSource(path, max_prompts)
     from ..build import build_text_encoder_from_config

@@ -205,17 +205,86 @@ def tokenizer_path(text_graph: str | Path) -> Path:
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``mobius.*`` metadata of an exported graph; a clear error for a broken file."""
-    import onnx
+    """The ``mobius.*`` metadata of an exported graph; a clear error for a broken file.
+
+    Reads only the ``metadata_props`` of the ModelProto from the protobuf wire format (the
+    graph, the bulk of the file, is skipped by its length, never parsed or read into
+    memory), so it needs neither the ``onnx`` package nor a model's worth of memory. A file
+    that does not parse as a ModelProto (truncated, overwritten) is a ValueError."""
+    import mmap
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model {path} does not exist; write it with `mobius export`")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others
+        with open(path, "rb") as f:
+            if path.stat().st_size == 0:
+                return {}  # an empty ModelProto, as onnx.load reads it
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return _metadata_props(buf)
+    except ValueError as exc:
         raise ValueError(
             f"{path} is not a readable ONNX model ({str(exc)[:200]}); re-export it with "
             "`mobius export`"
         ) from exc
-    return {p.key: p.value for p in proto.metadata_props}
+
+
+# ModelProto fields (onnx.proto) and their wire types: 0 varint, 2 length-delimited
+_MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2}
+_METADATA_PROPS = 14  # repeated StringStringEntryProto {1: key, 2: value}
+
+
+def _varint(buf: Any, i: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= end:
+            raise ValueError("truncated varint")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+        if shift > 63:
+            raise ValueError("malformed varint")
+
+
+def _fields(buf: Any, start: int, end: int):
+    """(field number, wire type, value or (start, end) of the bytes) of one message."""
+    i = start
+    while i < end:
+        tag, i = _varint(buf, i, end)
+        number, wire = tag >> 3, tag & 7
+        if number == 0:
+            raise ValueError(f"field number 0 at byte {i}")
+        if wire == 0:
+            value, i = _varint(buf, i, end)
+            yield number, wire, value
+            continue
+        if wire == 2:
+            n, i = _varint(buf, i, end)
+            span, i = (i, i + n), i + n
+        elif wire in (1, 5):
+            span, i = (i, i + (8 if wire == 1 else 4)), i + (8 if wire == 1 else 4)
+        else:
+            raise ValueError(f"wire type {wire} of field {number}")
+        if i > end:
+            raise ValueError(f"field {number} runs past the end ({i} > {end} bytes)")
+        yield number, wire, span
+
+
+def _metadata_props(buf: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for number, wire, value in _fields(buf, 0, len(buf)):
+        if _MODEL_FIELDS.get(number, wire) != wire:
+            raise ValueError(f"field {number} has wire type {wire}")
+        if number != _METADATA_PROPS:
+            continue
+        entry = {1: "", 2: ""}
+        for n, w, span in _fields(buf, *value):
+            if n in entry:
+                if w != 2:
+                    raise ValueError(f"metadata entry field {n} has wire type {w}")
+                entry[n] = bytes(buf[span[0] : span[1]]).decode("utf-8")
+        out[entry[1]] = entry[2]
+    return out

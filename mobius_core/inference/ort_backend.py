@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,12 @@ def ort_session(path: str | Path, providers: Sequence[str] | None = None, thread
         ) from exc
 
 
+def session_metadata(session: Any) -> dict[str, str]:
+    """The ``mobius.*`` metadata of a loaded graph (``io_spec.read_metadata`` without reading
+    the file again)."""
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
 class OnnxRuntimeBackend:
     """An exported image graph in onnxruntime (CPU by default)."""
 
@@ -42,13 +49,13 @@ class OnnxRuntimeBackend:
         self, model_path: str | Path, providers: Sequence[str] | None = None, threads: int = 0
     ) -> None:
         self.path = Path(model_path)
-        self.meta = io_spec.read_metadata(self.path)
+        self.session = ort_session(self.path, providers, threads)
+        self.meta = session_metadata(self.session)
         if self.meta.get(io_spec.META_FORMAT) != io_spec.FORMAT_VERSION:
             raise ValueError(
                 f"{self.path} is not a MOBIUS image graph of format {io_spec.FORMAT_VERSION} "
                 f"(metadata {self.meta.get(io_spec.META_FORMAT)!r}); re-export it"
             )
-        self.session = ort_session(self.path, providers, threads)
         got = [i.name for i in self.session.get_inputs()]
         self.accepts_visual = got == io_spec.names(io_spec.VISUAL_GRAPH_INPUTS)
         self.requires_visual = self.accepts_visual  # its visual inputs are always fed

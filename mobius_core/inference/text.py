@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import io_spec
-from .ort_backend import ort_session
+from .ort_backend import ort_session, session_metadata
 from .prompts import TextArrays, validate_prompts
 
 
@@ -57,7 +57,8 @@ class OnnxTextSource:
     def __init__(self, model_path: str | Path, max_prompts: int = 256, batch_size: int = 8) -> None:
         from tokenizers import Tokenizer
 
-        meta = io_spec.read_metadata(model_path)
+        self.session = ort_session(model_path)  # a missing or broken graph: named first
+        meta = session_metadata(self.session)
         tok_file = io_spec.tokenizer_path(model_path)
         if not tok_file.is_file():
             raise FileNotFoundError(
@@ -68,7 +69,6 @@ class OnnxTextSource:
         self.tokenizer.no_truncation()  # each prompt whole: one over the limit is refused
         self.tokenizer.no_padding()  # padded per batch below (pad id 0, masked out)
         self.max_tokens = int(meta.get("mobius.max_tokens", 128))
-        self.session = ort_session(model_path)
         self.dim = int(meta.get(io_spec.META_TEXT_DIM, 0))
         self.max_prompts, self.batch_size = max_prompts, max(1, int(batch_size))
         self._cache: dict[tuple[str, ...], TextArrays] = {}

@@ -319,7 +319,7 @@ def test_cached_export_is_keyed_on_weights_config_and_graph_version(tmp_path, mo
     assert onnx_export.cached_export(no_context, ckpt, 320, cache_dir=tmp_path) != first
     visual = onnx_export.cached_export(cfg, ckpt, 320, cache_dir=tmp_path, visual=True)
     assert visual != first and calls[-1] == (visual, True)  # the point/box graph apart
-    monkeypatch.setattr(onnx_export, "GRAPH_VERSION", onnx_export.GRAPH_VERSION + 1)
+    monkeypatch.setattr("mobius_core.bundle.GRAPH_VERSION", onnx_export.GRAPH_VERSION + 1)
     assert onnx_export.cached_export(cfg, ckpt, 320, cache_dir=tmp_path) != first
     assert len(calls) == 5
 
