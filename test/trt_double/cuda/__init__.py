@@ -1,0 +1,1 @@
+"""Test double of cuda-python (``cuda.bindings.runtime``) on the fake GPU."""

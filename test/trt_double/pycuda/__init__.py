@@ -1,0 +1,1 @@
+"""Test double of pycuda (``pycuda.driver``, ``pycuda.autoinit``) on the fake GPU."""
