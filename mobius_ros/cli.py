@@ -3,6 +3,9 @@
 mobius-ros node [--ros-args -p prompts:="['forklift','pallet']" -r image:=/camera/image_raw]
 mobius-ros camera [--rate 15] [--ros-args ...]
 mobius-ros demo [--out demo_out] [--seconds 10]
+mobius-ros bundle [--config shapes_tiny] [--size N] [--no-visual]
+  (export the shipped model's ONNX bundle into the cache once, so the node starts
+  without torch; as `python -m mobius_core.bundle`)
 mobius-ros make-bag --out DIR [--frames 20] [--storage mcap|sqlite3]
 mobius-ros replay BAG [--gt gt.json] [--rate 1.0|max] [--out replay_out]
   (exit status: 0 done, 2 refused with the reason, 130/143 stopped by SIGINT/SIGTERM
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         from .node import run
 
         return _exit_now(run(["mobius-ros", *argv[1:]]))
+    if argv and argv[0] == "bundle":
+        from mobius_core.bundle import main as bundle_main
+
+        return bundle_main(argv[1:], prog="mobius-ros bundle")
     parser = argparse.ArgumentParser(
         prog="mobius-ros",
         description=__doc__,
@@ -94,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("node", help="run the segmentation node (takes --ros-args)")
+    sub.add_parser("bundle", help="export the shipped model's ONNX bundle into the cache")
     cam = sub.add_parser("camera", help="publish synthetic scenes on `image`")
     cam.add_argument("--rate", type=float, default=15.0)
     cam.add_argument("--topic", default="image")
