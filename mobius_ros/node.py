@@ -28,7 +28,6 @@ from __future__ import annotations
 import array
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Any
@@ -719,10 +718,6 @@ def run(args: list[str] | None = None) -> int:
     from rclpy.signals import SignalHandlerOptions
 
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    # The executor thread hands each frame to the worker thread; a thread waiting for the
-    # GIL gets it after at most the switch interval (5 ms by default: the p95 of that
-    # hand-off was 5 ms). 0.5 ms bounds the wait; the worker's heavy steps release the GIL.
-    sys.setswitchinterval(0.0005)
     stop = threading.Event()
     node: SegmentationNode | None = None
 

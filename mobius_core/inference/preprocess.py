@@ -56,9 +56,11 @@ def _graph_bytes() -> bytes:
 class OrtPreprocessor:
     """Callable like ``imageops.preprocess`` (uint8 RGB images only)."""
 
-    def __init__(self, threads: int = 2) -> None:
-        """``threads``: ORT intra-op threads (2: ~1.2 ms instead of ~1.7 ms for 640x480 on
-        the 2-core benchmark machine; no spinning, so they leave the CPU to the model)."""
+    def __init__(self, threads: int = 1) -> None:
+        """``threads``: ORT intra-op threads. 2 took ~1.2 ms instead of ~1.7 ms for 640x480
+        on an idle 2-core machine, but a parallel section waits for its slowest thread: on
+        the shared machine under load the node's preprocess p50 went up, so 1 stays the
+        default (benchmarks/RESULTS.md, "Node overhead (issue 24)")."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
