@@ -176,7 +176,10 @@ class PyCuda:
         return str(self.drv.Device(0).name())
 
     def close(self) -> None:
-        pass
+        """Release the retained primary context (after everything in it is freed)."""
+        if self.context is not None:
+            context, self.context = self.context, None
+            context.detach()
 
 
 def load(prefer: str | None = None) -> CudaPython | PyCuda:

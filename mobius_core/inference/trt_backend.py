@@ -276,8 +276,9 @@ class TensorRTBackend:
                 f"{self.path} is not built from a MOBIUS image graph of format "
                 f"{io_spec.FORMAT_VERSION}; re-export the graph and {fix}"
             )
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(data)
+        with self.cuda.active():  # pycuda: TensorRT works in the context made current
+            self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self.engine = self.runtime.deserialize_cuda_engine(data)
         if self.engine is None:
             raise EngineError(f"TensorRT could not deserialize {self.path}; {fix}")
         self._read_engine(fix)
@@ -289,7 +290,8 @@ class TensorRTBackend:
         self.stream = None
         self._closed = False
         self.stream = self.cuda.stream_create()
-        self.context = self.engine.create_execution_context()
+        with self.cuda.active():
+            self.context = self.engine.create_execution_context()
         for name in self.output_names:
             if not self.context.set_output_allocator(name, self.allocator):
                 raise EngineError(f"TensorRT refused an output allocator for {name!r}; {fix}")
@@ -352,7 +354,8 @@ class TensorRTBackend:
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"the tensorrt backend of {self.path} is closed")
-            return self._infer(feed)
+            with self.cuda.active():
+                return self._infer(feed)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> RawOutputs:
         cuda, context, stream = self.cuda, self.context, self.stream
@@ -390,21 +393,21 @@ class TensorRTBackend:
             return
         with self._lock:
             self._closed = True
-            try:
-                if self.stream is not None:
-                    self.cuda.stream_sync(self.stream)
-            finally:
-                buffers = [*self.inputs.values(), *self.staging.values(),
-                           *self.results.values(), *self.allocator.buffers.values()]  # fmt: skip
-                for buf in buffers:
-                    buf.free()
-                self.inputs.clear(), self.staging.clear(), self.results.clear()
-                self.allocator.buffers.clear()
-                self.context = None  # TensorRT objects go before the memory they point into
-                if self.stream is not None:
-                    stream, self.stream = self.stream, None
-                    self.cuda.stream_destroy(stream)
-                self.cuda.close()
+            with self.cuda.active():
+                try:
+                    if self.stream is not None:
+                        self.cuda.stream_sync(self.stream)
+                finally:
+                    held = (self.inputs, self.staging, self.results, self.allocator.buffers)
+                    for buf in [b for group in held for b in group.values()]:
+                        buf.free()
+                    self.inputs.clear(), self.staging.clear(), self.results.clear()
+                    self.allocator.buffers.clear()
+                    self.context = None  # TensorRT's objects go before the memory and stream
+                    if self.stream is not None:
+                        stream, self.stream = self.stream, None
+                        self.cuda.stream_destroy(stream)
+            self.cuda.close()
 
     def __enter__(self) -> TensorRTBackend:
         return self
