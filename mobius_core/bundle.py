@@ -34,10 +34,10 @@ from typing import Any
 from .atomic import atomic_write_bytes
 from .cache import cache_root
 from .inference import io_spec
+from .inference.io_spec import GRAPH_VERSION, config_metadata
 
 # Bump when the exported graph changes for the same weights (cached exports are keyed on it).
 # 2: pruned queries stay as self-attention context; box head on the chosen queries only.
-GRAPH_VERSION = 2
 MANIFEST_VERSION = 1
 # mobius_core/weights/, as mobius_core.training.checkpoint.WEIGHTS_DIR (which imports torch)
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -64,14 +64,6 @@ def shipped_checkpoint(config_name: str) -> Path | None:
     ``mobius_core.training.checkpoint.shipped_checkpoint``, without importing torch)."""
     path = WEIGHTS_DIR / f"{config_name}.pt"
     return path if path.is_file() else None
-
-
-def config_metadata(cfg: Any) -> dict[str, str]:
-    """Metadata a runtime needs from the config: its name and default pruning."""
-    return {
-        io_spec.META_CONFIG: cfg.name,
-        io_spec.META_DEFAULT_PRUNING: json.dumps(io_spec.pruning_values(cfg.model.pruning)),
-    }
 
 
 def _root(cache_dir: str | Path | None) -> Path:

@@ -16,15 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from ..atomic import atomic_write_bytes
-from ..bundle import GRAPH_VERSION, config_metadata  # noqa: F401 - re-exported
 from ..inference import io_spec
-from ..inference.io_spec import tokenizer_path
+from ..inference.io_spec import GRAPH_VERSION, config_metadata, tokenizer_path  # noqa: F401 - re-exported
 from ..inference.torch_backend import ImageGraph
 from ..modeling.mobius import Mobius
 
 DEFAULT_OPSET = 17
-# GRAPH_VERSION (bump it when the graph changes for the same weights) lives in
-# mobius_core.bundle, which computes the cache keys without torch.
+# GRAPH_VERSION (bump it when the graph changes for the same weights) lives in io_spec:
+# mobius_core.bundle keys the cached exports on it without torch.
 
 
 def example_inputs(
@@ -188,27 +187,6 @@ def export_config_model(
         model, out, (size, size), config_metadata(cfg), cfg.model.pruning.schedule, opset,
         dynamic_hw, context=cfg.model.pruning.context, visual=visual,
     )  # fmt: skip
-
-
-def cached_export(
-    cfg: Any, checkpoint: str | Path, size: int, dynamic_hw: bool = True,
-    cache_dir: str | Path | None = None, visual: bool = False,
-) -> Path:  # fmt: skip
-    """The ONNX graph of ``checkpoint`` under the config, exported once and then reused
-    (``mobius_core.bundle.cached_image_graph``: the key, the file name and the healing record
-    are computed there without torch)."""
-    from ..bundle import cached_image_graph
-
-    return cached_image_graph(cfg, checkpoint, size, dynamic_hw, cache_dir, visual)
-
-
-def cached_text_export(cfg: Any, cache_dir: str | Path | None = None) -> Path | None:
-    """The text encoder of ``cfg`` as an ONNX graph with its tokenizer beside it, exported
-    once and then reused; None where the encoder has no exportable form
-    (``mobius_core.bundle.cached_text_graph``)."""
-    from ..bundle import cached_text_graph
-
-    return cached_text_graph(cfg, cache_dir)
 
 
 def _export_checkpoint(

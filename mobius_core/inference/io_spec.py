@@ -123,6 +123,9 @@ META_PROMPTS = "mobius.default_prompts"
 META_DEFAULT_PRUNING = "mobius.default_pruning"
 META_VISUAL = "mobius.visual_prompts"  # "1" in graphs with the visual_* inputs
 FORMAT_VERSION = "1"
+# Bump when the exported graph changes for the same weights (cached exports are keyed on it).
+# 2: pruned queries stay as self-attention context; box head on the chosen queries only.
+GRAPH_VERSION = 2
 
 
 def pruning_values(p: Any) -> dict[str, float]:
@@ -143,6 +146,14 @@ def default_pruning(meta: dict[str, Any], p: Any) -> dict[str, float]:
     if META_DEFAULT_PRUNING in meta:
         return json.loads(meta[META_DEFAULT_PRUNING])
     return pruning_values(p)
+
+
+def config_metadata(cfg: Any) -> dict[str, str]:
+    """Metadata a runtime needs from the config: its name and default pruning."""
+    return {
+        META_CONFIG: cfg.name,
+        META_DEFAULT_PRUNING: json.dumps(pruning_values(cfg.model.pruning)),
+    }
 
 
 def input_size(meta: dict[str, Any]) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mobius_core import cache
+from mobius_core import bundle, cache
 from mobius_core.atomic import atomic_write_bytes
 from mobius_core.config import load_config
 from mobius_core.export import onnx as onnx_export
@@ -62,7 +62,7 @@ def exports(monkeypatch, tmp_path):
 
 
 def _export(tmp_path):
-    return onnx_export.cached_export(load_config("shapes_tiny"), tmp_path / "weights.pt", 320)
+    return bundle.cached_image_graph(load_config("shapes_tiny"), tmp_path / "weights.pt", 320)
 
 
 def _record(path):
@@ -225,12 +225,12 @@ def test_a_damaged_real_export_is_replaced_by_one_that_loads(
     )
     monkeypatch.setattr("mobius_core.training.checkpoint.load_checkpoint", lambda path: {})
     (tmp_path / "weights.pt").write_bytes(b"weights")
-    path = onnx_export.cached_export(cfg, tmp_path / "weights.pt", 64, cache_dir=tmp_path)
+    path = bundle.cached_image_graph(cfg, tmp_path / "weights.pt", 64, cache_dir=tmp_path)
     size = path.stat().st_size
     with open(path, "r+b") as f:
         f.truncate(size // 3)
     with caplog.at_level(logging.WARNING):
-        again = onnx_export.cached_export(cfg, tmp_path / "weights.pt", 64, cache_dir=tmp_path)
+        again = bundle.cached_image_graph(cfg, tmp_path / "weights.pt", 64, cache_dir=tmp_path)
     assert again == path and path.stat().st_size == size and len(_warnings(caplog)) == 1
     backend = OnnxRuntimeBackend(path)
     assert backend.meta[io_spec.META_CONFIG] == "shapes_tiny" and backend.layers == 3
@@ -243,7 +243,7 @@ def test_the_text_graph_is_cached_once_heals_and_matches_the_torch_encoder(
     from mobius_core.inference.text import OnnxTextSource, TorchTextSource
 
     cfg = load_config("shapes_tiny")
-    path = onnx_export.cached_text_export(cfg, tmp_path)
+    path = bundle.cached_text_graph(cfg, tmp_path)
     tok = io_spec.tokenizer_path(path)
     assert path.is_file() and tok.is_file() and path.parent == tmp_path / "onnx"
     prompts = ["red circle", "the small yellow triangle left of the blue square", "x"]
@@ -256,10 +256,10 @@ def test_the_text_graph_is_cached_once_heals_and_matches_the_torch_encoder(
     real = onnx_export.export_text_graph
     monkeypatch.setattr(onnx_export, "export_text_graph",
                         lambda enc, out: exports.append(out) or real(enc, out))  # fmt: skip
-    assert onnx_export.cached_text_export(cfg, tmp_path) == path and exports == []  # reused
+    assert bundle.cached_text_graph(cfg, tmp_path) == path and exports == []  # reused
     tok.write_text("{")  # a damaged tokenizer: the whole entry is exported again, one warning
     with caplog.at_level(logging.WARNING):
-        assert onnx_export.cached_text_export(cfg, tmp_path) == path
+        assert bundle.cached_text_graph(cfg, tmp_path) == path
     assert exports == [path] and len(caplog.records) == 1
     assert "cached text graph" in caplog.records[0].getMessage()
     assert OnnxTextSource(path).encode(["x"]).prompts == ("x",)
@@ -268,7 +268,7 @@ def test_the_text_graph_is_cached_once_heals_and_matches_the_torch_encoder(
 def test_the_text_graph_refuses_a_prompt_over_its_token_limit_instead_of_truncating(tmp_path):
     from mobius_core.inference.text import OnnxTextSource
 
-    path = onnx_export.cached_text_export(load_config("shapes_tiny"), tmp_path)
+    path = bundle.cached_text_graph(load_config("shapes_tiny"), tmp_path)
     source = OnnxTextSource(path)
     long = "!" * 200  # 200 characters, one token each (+2 special)
     with pytest.raises(ValueError, match=r"prompt 1 .* takes \d+ tokens, over .* limit of 128"):
@@ -277,5 +277,5 @@ def test_the_text_graph_refuses_a_prompt_over_its_token_limit_instead_of_truncat
 
 def test_encoders_without_an_exportable_form_are_not_cached(tmp_path):
     cfg = load_config("shapes_tiny", {"model.text_encoder.pretrained": False})
-    assert onnx_export.cached_text_export(cfg, tmp_path) is None
+    assert bundle.cached_text_graph(cfg, tmp_path) is None
     assert not (tmp_path / "onnx").exists()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from mobius_core import bundle
 from mobius_core.build import build_model
 from mobius_core.config import load_config
 from mobius_core.export.onnx import (
@@ -310,17 +311,17 @@ def test_cached_export_is_keyed_on_weights_config_and_graph_version(tmp_path, mo
     ckpt = tmp_path / "weights.pt"
     ckpt.write_bytes(b"weights")
     cfg = load_config("shapes_tiny")
-    first = onnx_export.cached_export(cfg, ckpt, 320, cache_dir=tmp_path)
-    assert onnx_export.cached_export(cfg, ckpt, 320, cache_dir=tmp_path) == first
+    first = bundle.cached_image_graph(cfg, ckpt, 320, cache_dir=tmp_path)
+    assert bundle.cached_image_graph(cfg, ckpt, 320, cache_dir=tmp_path) == first
     assert len(calls) == 1
     other = load_config("shapes_tiny", {"model.pruning.min_keep": 3})
-    assert onnx_export.cached_export(other, ckpt, 320, cache_dir=tmp_path) != first
+    assert bundle.cached_image_graph(other, ckpt, 320, cache_dir=tmp_path) != first
     no_context = load_config("shapes_tiny", {"model.pruning.context": False})
-    assert onnx_export.cached_export(no_context, ckpt, 320, cache_dir=tmp_path) != first
-    visual = onnx_export.cached_export(cfg, ckpt, 320, cache_dir=tmp_path, visual=True)
+    assert bundle.cached_image_graph(no_context, ckpt, 320, cache_dir=tmp_path) != first
+    visual = bundle.cached_image_graph(cfg, ckpt, 320, cache_dir=tmp_path, visual=True)
     assert visual != first and calls[-1] == (visual, True)  # the point/box graph apart
-    monkeypatch.setattr("mobius_core.bundle.GRAPH_VERSION", onnx_export.GRAPH_VERSION + 1)
-    assert onnx_export.cached_export(cfg, ckpt, 320, cache_dir=tmp_path) != first
+    monkeypatch.setattr("mobius_core.bundle.GRAPH_VERSION", bundle.GRAPH_VERSION + 1)
+    assert bundle.cached_image_graph(cfg, ckpt, 320, cache_dir=tmp_path) != first
     assert len(calls) == 5
 
 
