@@ -101,6 +101,7 @@ IMPORT_SOURCES = {
     "open_clip": ("optional", "open_clip_torch"),
     "tensorrt": ("optional", "tensorrt"),
     "cuda": ("optional", "cuda-python"),
+    "pycuda": ("optional", "pycuda"),
 }
 
 
