@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from .lifetime import exit_with_parent
+
 
 def ros_environment() -> None:
     """Defaults that let the PyPI ROS 2 wheels find their own files in this environment."""
@@ -37,43 +39,6 @@ def _exit_now(code: int) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-# Set by `mobius-ros replay` for the node it starts: the pid the node must not outlive.
-PARENT_ENV = "MOBIUS_EXIT_WITH_PARENT"
-
-
-def exit_with_parent() -> None:
-    """End this process (SIGTERM to itself, which the node handles as a clean stop) when the
-    process named by ``$MOBIUS_EXIT_WITH_PARENT`` ends, however it ends (``kill -9``
-    included): on Linux the kernel sends it (prctl PR_SET_PDEATHSIG), elsewhere a thread
-    watches the parent pid. A no-op without the variable."""
-    import signal
-
-    text = os.environ.pop(PARENT_ENV, "")
-    if not text.isdigit():
-        return
-    parent = int(text)
-    armed = False
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            armed = libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            armed = False
-    if not armed:
-        import threading
-
-        def watch() -> None:
-            while os.getppid() == parent:
-                time.sleep(0.5)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-        threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-    if os.getppid() != parent:  # it ended before the above was in place
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:

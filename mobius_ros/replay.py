@@ -15,7 +15,7 @@ and at the end, each time atomically; until the end it says it is partial and ho
 frames are done. SIGINT or SIGTERM stops the replay cleanly: the node is stopped, the bag
 closed and a final partial report written (the command then exits 130 or 143). The node runs
 in its own process group, which is stopped on the way out, and it ends itself when the
-replay process ends in any other way (``kill -9``): see ``cli.exit_with_parent``.
+replay process ends in any other way (``kill -9``): see ``lifetime.exit_with_parent``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from mobius_core.atomic import atomic_write_bytes
 
 from .bags import BagRecorder, ReadReport, check_topic, msg_dir, read_frames
 from .harness import Harness, ros_list, start_node
+from .lifetime import PARENT_ENV
 from .localenv import use_local_ros_env
 
 
@@ -233,8 +234,6 @@ def run_replay(
     use_local_ros_env(domain)
     import rclpy
     from rclpy.signals import SignalHandlerOptions
-
-    from .cli import PARENT_ENV
 
     run = _Replay(out, gt, prompts, rate, report_every_s, progress)
     proc = None

@@ -386,12 +386,12 @@ def test_a_recorder_killed_with_sigkill_leaves_a_bag_rosbags_opens(tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
 def test_a_process_started_to_exit_with_its_parent_does_when_the_parent_is_killed(tmp_path):
-    """cli.exit_with_parent, as the node runs it: SIGKILL to the parent ends the child."""
+    """lifetime.exit_with_parent, as the node runs it: SIGKILL to the parent ends the child."""
     import signal
 
     parent = """if True:
         import os, subprocess, sys
-        child = "from mobius_ros.cli import exit_with_parent; exit_with_parent(); " \\
+        child = "from mobius_ros.lifetime import exit_with_parent; exit_with_parent(); " \\
                 "print('armed', flush=True); import time; time.sleep(600)"
         env = {**os.environ, "MOBIUS_EXIT_WITH_PARENT": str(os.getpid())}
         p = subprocess.Popen([sys.executable, "-c", child], env=env, start_new_session=True)
