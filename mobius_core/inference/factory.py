@@ -10,7 +10,8 @@ model of the config exported once to a cached ONNX graph; the config named by ``
 else the one the graph records, else ``shapes_tiny``; prompt embeddings from ``embeddings``,
 else the text graph ``text_model``, else the config's text encoder (its cached ONNX graph
 where it has one, else in torch); the input size ``size``, else the graph's fixed size, else
-its export size, else the config's ``model.input_size``.
+its export size, else the config's ``model.input_size``; capped by an engine profile's
+``max_hw``.
 """
 
 from __future__ import annotations
@@ -136,6 +137,9 @@ def build_segmenter(spec: SegmenterSpec) -> Segmenter:
         pad_to=fixed,
         preprocessor=pre,
     )
+    # an engine's profile caps what each call feeds (Segmenter.input_limits): start there,
+    # so the size reported (and the top of the node's budget ladder) is the one used
+    seg.short_side, seg.max_size = seg.input_limits()
     seg.info = ModelInfo(name, cfg, what, pruning, seg.short_side, fixed is None, model_path)
     return seg
 

@@ -92,6 +92,16 @@ class Segmenter:
             self._prompts = (arrays, task)
         return time.perf_counter() - start
 
+    def input_limits(self) -> tuple[int, int]:
+        """(short side, long-side cap) images are resized to now: ``short_side`` and
+        ``max_size``, capped by the backend's ``max_hw`` where it has one (an engine's
+        profile), so every frame stays inside it."""
+        short_side, max_size = self.short_side, self.max_size
+        max_hw = self.backend.max_hw
+        if max_hw is not None:
+            short_side, max_size = min(short_side, *max_hw), min(max_size, max(max_hw))
+        return short_side, max_size
+
     @property
     def prompts(self) -> tuple[str, ...]:
         return self._prompts[0].prompts if self._prompts else ()
@@ -116,10 +126,7 @@ class Segmenter:
             raise ValueError("no prompts set; call set_prompts first")
         arrays, task = current
         t0 = time.perf_counter()
-        short_side, max_size = self.short_side, self.max_size
-        max_hw = self.backend.max_hw
-        if max_hw is not None:  # e.g. an engine's profile: keep every frame inside it
-            short_side, max_size = min(short_side, *max_hw), min(max_size, max(max_hw))
+        short_side, max_size = self.input_limits()
         batch, sizes = self.preprocess(images, short_side, max_size)
         if self.pad_to is not None:
             batch = pad_batch(batch, self.pad_to)
