@@ -1,9 +1,10 @@
 """The segmentation node: a managed (lifecycle) node; wiring only (conversions, prompts,
 budget and model live in pure modules next to this one).
 
-Lifecycle: ``configure`` loads (and on first use exports) the model and encodes the initial
-prompts; ``activate`` subscribes the camera and publishes; ``deactivate`` stops taking frames
-(the services answer that the node is inactive); ``cleanup`` frees the model; ``shutdown``
+Lifecycle: ``configure`` loads the model (the shipped one from its cached bundle, built on
+first use) and encodes the initial prompts; ``activate`` subscribes the camera and publishes;
+``deactivate`` stops taking frames (the services answer that the node is inactive);
+``cleanup`` frees the model (a backend's ``close()`` frees its device memory); ``shutdown``
 from any state. With ``autostart`` (the default) the node configures and activates itself at
 start, so ``ros2 run`` and ``ros2 launch`` need nothing more.
 
@@ -203,7 +204,7 @@ class SegmentationNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.configuring = True
         start = time.perf_counter()
-        self.log.info("configuring: loading the model (a first start exports it to ONNX)")
+        self.log.info("configuring: loading the model (a first start builds its cached bundle)")
         try:
             model = load_model(self.p)
             prompt_state = PromptState(model.segmenter, self.p.max_prompts,
@@ -221,6 +222,8 @@ class SegmentationNode(LifecycleNode):
         self.model, self.seg, self.prompt_state = model, model.segmenter, prompt_state
         self.log.info(f"model: {model.description} ({time.perf_counter() - start:.1f} s); "
                       f"{r.message}")  # fmt: skip
+        for note in model.notes:
+            self.log.info(note)
         self.budget = BudgetController(model.ladder(self.p), self.p.target_fps)
         self.tracker = self._make_tracker(self.p)
         self._pending_level = True
@@ -287,10 +290,19 @@ class SegmentationNode(LifecycleNode):
             self.worker = None
 
     def _free_model(self) -> None:
+        """Drop the model; a backend holding device memory (TensorRT) frees it in its
+        ``close()``. Runs after ``_stop_frames`` (cleanup and shutdown follow deactivation or
+        ``release`` stops the worker first), so no frame is using the backend."""
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
+        close = getattr(getattr(self.seg, "backend", None), "close", None)
         self.model = self.seg = self.prompt_state = self.budget = None
+        if callable(close):
+            try:
+                close()
+            except Exception as exc:  # going down: say so, and go on
+                self.log.warning(f"closing the backend failed: {exc}")
         self.tracker = None
 
     def _frame_topic(self) -> str:

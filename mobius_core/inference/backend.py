@@ -37,6 +37,12 @@ class Backend(Protocol):
     accepts_visual   whether it has point/box prompt inputs (``visual_boxes``/``visual_valid``)
     requires_visual  whether those inputs must always be fed (a ``--visual`` graph)
     meta             the graph's ``mobius.*`` metadata (config name, default pruning, ...)
+
+    Optional: ``close()``, which frees what the backend holds outside Python's memory
+    (device buffers, page-locked host memory, streams: the TensorRT backend) and is safe to
+    call twice. Backends without such resources need not have it; callers that end a
+    backend's use (the ROS node at cleanup and shutdown, once no frame is running) call it
+    where it exists: ``getattr(backend, "close", None)``.
     """
 
     name: str

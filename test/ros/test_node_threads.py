@@ -219,3 +219,55 @@ def test_sigterm_during_a_frame_ends_cleanly_without_a_publish_error(tmp_path, m
     assert rc == 0, text[-3000:]
     for bad in ("context is invalid", "Traceback", "[ERROR]", "terminate called"):
         assert bad not in text, text[-3000:]
+
+
+def test_cleanup_and_shutdown_close_the_backend_once_its_frames_are_done(monkeypatch):
+    """A backend holding device memory (TensorRT) has ``close()``: the node calls it when it
+    frees the model (cleanup, shutdown), after the worker has stopped, and not on deactivate
+    (activating again reuses the backend)."""
+    _local_env(monkeypatch, DOMAIN + 2)
+    try:
+        import rclpy
+        from mobius_ros.msg import InstanceArray  # noqa: F401
+        from rclpy.lifecycle import TransitionCallbackReturn
+        from rclpy.parameter import Parameter
+    except ImportError as exc:
+        pytest.skip(f"rclpy or the built interfaces are missing ({exc}); run `make ros`")
+    from mobius_ros.node import SegmentationNode
+
+    sys.path.insert(0, str(HERE))
+    import fake_model
+
+    class Closing(fake_model.OnePerPrompt):
+        def __init__(self) -> None:
+            super().__init__()
+            self.closes: list[bool] = []  # per close(): whether a worker thread still ran
+
+        def close(self) -> None:
+            self.closes.append(any(t.is_alive() for t in workers))
+
+    workers: list[threading.Thread] = []
+    backend = Closing()
+    fake_model.install(monkeypatch, backend=backend)
+    ok = TransitionCallbackReturn.SUCCESS
+    rclpy.init()
+    node = SegmentationNode(parameter_overrides=[Parameter("prompts", value=PROMPTS),
+                                                 Parameter("tracking", value=False)])  # fmt: skip
+    try:
+        assert node.trigger_configure() == ok and node.trigger_activate() == ok
+        workers.append(node.worker._thread)
+        assert node.trigger_deactivate() == ok and backend.closes == []
+        assert node.trigger_activate() == ok and node.seg.backend is backend
+        workers.append(node.worker._thread)
+        assert node.trigger_deactivate() == ok and node.trigger_cleanup() == ok
+        assert backend.closes == [False]  # once, with no worker running
+        assert node.trigger_configure() == ok and node.trigger_activate() == ok
+        workers.append(node.worker._thread)
+        node.release()  # what shutdown and a signal run, from the active state
+        assert backend.closes == [False, False]
+        node.release()  # idempotent: the model is gone, nothing to close again
+        assert backend.closes == [False, False]
+    finally:
+        node.release()
+        node.destroy_node()
+        rclpy.shutdown()
