@@ -20,7 +20,7 @@ import numpy as np
 from mobius_core.atomic import atomic_write_bytes
 
 from .conversions import image_to_rgb
-from .harness import Harness, ros_list, start_node, stop
+from .harness import Harness, ros_list, source_root, start_node, stop
 from .localenv import use_local_ros_env
 
 FIRST_PROMPTS = ["red circle", "blue square", "yellow triangle", "green star"]
@@ -65,7 +65,9 @@ def run_demo(out: Path, seconds: float = 10.0, rate: float = 15.0, domain_id: in
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "node.log"
-    proc = start_node({"prompts": ros_list(FIRST_PROMPTS), "backend": backend}, domain, log)
+    # this checkout's node where there is one, else the installed executable
+    proc = start_node({"prompts": ros_list(FIRST_PROMPTS), "backend": backend}, domain, log,
+                      source=source_root() is not None)  # fmt: skip
     rclpy.init()
     h = Harness("mobius_demo")
     try:

@@ -7,6 +7,7 @@ matched to the image it came from.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -15,23 +16,62 @@ from typing import Any
 
 from .localenv import local_ros_env
 
-ROOT = Path(__file__).resolve().parents[1]
+NODE_EXE = Path(sys.prefix) / "lib" / "mobius_ros" / "mobius_node"  # installed by `make ros`
+
+
+def is_checkout(root: Path) -> bool:
+    """``root`` is a source tree of this project (not site-packages, which has the modules
+    but not the package files)."""
+    return (root / "package.xml").is_file() and (root / "mobius_ros" / "cli.py").is_file()
+
+
+def source_root() -> Path | None:
+    """The checkout to run the node from: the folder above the imported mobius_ros when that
+    is the source tree; else (the installed copy was imported, e.g. by pytest from any
+    folder) the folder above mobius_core when that is an editable checkout; else None."""
+    import mobius_core
+
+    for pkg in (Path(__file__), Path(mobius_core.__file__)):
+        root = pkg.resolve().parents[1]
+        if is_checkout(root):
+            return root
+    return None
+
+
+def node_command(source: bool = True, root: Path | None = None) -> tuple[list[str], Path | None]:
+    """(argv, working folder) that starts the node. ``source``: ``python -m mobius_ros.cli``
+    from ``root`` (default :func:`source_root`), so the checkout's modules come first on
+    sys.path whichever copy this process imported; else the installed executable, which
+    imports the installed copy (a script's own folder, not the working one, is on sys.path)."""
+    if not source:
+        if not NODE_EXE.is_file():
+            raise FileNotFoundError(f"{NODE_EXE} is not installed; run `make ros`")
+        return [str(NODE_EXE)], None
+    root = Path(root).resolve() if root is not None else source_root()
+    if root is None or not is_checkout(root):
+        raise FileNotFoundError(
+            f"no source checkout of mobius_ros ({root or 'none found'}); pass root=, or "
+            "source=False for the installed node"
+        )
+    return [sys.executable, "-m", "mobius_ros.cli", "node"], root
 
 
 def start_node(params: dict[str, str], domain_id: int, log: Path, source: bool = True,
-               env: dict[str, str] | None = None, **popen: Any):  # fmt: skip
+               env: dict[str, str] | None = None, root: Path | None = None,
+               **popen: Any):  # fmt: skip
     """Start the node in its own process. ``params``: name -> ROS value text.
-    ``source``: run this checkout's code (python -m) rather than the installed executable.
-    ``env`` (default os.environ) gets the local ROS settings; ``popen``: more Popen options."""
+    ``source``: run the checkout at ``root`` (default :func:`source_root`) with python -m
+    rather than the installed executable (see :func:`node_command`). ``env`` (default
+    os.environ) gets the local ROS settings; ``popen``: more Popen options."""
     args = [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
-    exe = (
-        [sys.executable, "-m", "mobius_ros.cli", "node"]
-        if source
-        else [str(Path(sys.prefix) / "lib" / "mobius_ros" / "mobius_node")]
-    )
+    exe, cwd = node_command(source, root)
+    env = local_ros_env(domain_id, env)
+    if cwd is not None:  # first on sys.path even where the working folder is not (-P)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(cwd), env.get("PYTHONPATH")) if p)
+        popen.setdefault("cwd", cwd)
     with open(log, "w") as f:
         return subprocess.Popen([*exe, "--ros-args", *args], stdout=f, stderr=subprocess.STDOUT,
-                                env=local_ros_env(domain_id, env), cwd=ROOT, **popen)  # fmt: skip
+                                env=env, **popen)  # fmt: skip
 
 
 def ros2_cli() -> Path | None:

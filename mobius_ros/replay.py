@@ -36,7 +36,7 @@ import numpy as np
 from mobius_core.atomic import atomic_write_bytes
 
 from .bags import BagRecorder, ReadReport, check_topic, msg_dir, read_frames
-from .harness import Harness, ros_list, start_node
+from .harness import Harness, ros_list, source_root, start_node
 from .lifetime import PARENT_ENV
 from .localenv import use_local_ros_env
 
@@ -240,8 +240,10 @@ def run_replay(
     with _interruptible() as state:
         try:
             # its own process group, stopped on the way out; and it ends itself if this
-            # process ends without that (kill -9)
+            # process ends without that (kill -9). This checkout's node where there is one,
+            # else the installed executable.
             proc = start_node(params, domain, out / "node.log", start_new_session=True,
+                              source=source_root() is not None,
                               env={**os.environ, PARENT_ENV: str(os.getpid())})  # fmt: skip
             run.node_pid = proc.pid
             run.write()

@@ -51,8 +51,9 @@ def ros(tmp_path_factory):
 
     log = tmp_path_factory.mktemp("node") / "node.log"
     proc = start_node(
-        {"prompts": ros_list(PROMPTS), "score_threshold": "0.2", "threads": "1"}, DOMAIN, log
-    )
+        {"prompts": ros_list(PROMPTS), "score_threshold": "0.2", "threads": "1"}, DOMAIN, log,
+        root=ROOT,
+    )  # fmt: skip
     rclpy.init()
     client = Harness("mobius_test_client")
     try:

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.ros
 
 DOMAIN = 90 + os.getpid() % 10  # test_node & co. use 20..79, test_torch_free 80..89
 PROMPTS = ["red circle", "yellow triangle", "green star", "orange hexagon"]
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(
     "trt_double_activate", Path(__file__).resolve().parents[1] / "trt_double" / "activate.py"
 )
@@ -53,7 +54,7 @@ def ros(tmp_path_factory):
     log = work / "node.log"
     params = {"backend": "tensorrt", "model": str(engine), "prompts": ros_list(PROMPTS),
               "score_threshold": "0.2", "threads": "1", "tracking": "false"}  # fmt: skip
-    proc = start_node(params, DOMAIN, log, env=double.env())
+    proc = start_node(params, DOMAIN, log, env=double.env(), root=ROOT)  # this checkout's node
     rclpy.init()
     client = Harness("mobius_trt_client")
     try:

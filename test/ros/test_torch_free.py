@@ -60,10 +60,8 @@ def _ros_or_skip():
 
 
 def _start(params: dict[str, str], log: Path, env: dict[str, str]):
-    """The installed node executable (what `ros2 run` and the launch file start). Not
-    ``python -m``: that puts the working folder first on sys.path, and start_node's is the
-    folder above the imported mobius_ros, which for the installed copy is site-packages,
-    where the real torch would be found before the blocker."""
+    """The installed node executable (what `ros2 run` and the launch file start), which
+    imports the installed copy with the blocker first on sys.path."""
     return start_node(params, DOMAIN, log, source=False, env=env)
 
 
