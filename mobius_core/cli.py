@@ -82,7 +82,11 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     add_set_argument(p)
     p.add_argument("--checkpoint", help="torch backend: a checkpoint (default: the shipped one)")
     p.add_argument("--backend", default="torch", help="torch (default), ort or trt")
-    p.add_argument("--model", help="ort: the .onnx from `mobius export`; trt: the engine")
+    p.add_argument(
+        "--model",
+        help="ort: the .onnx from `mobius export`; trt: the engine "
+        "(default: the shipped model; trt builds its engine once, cached)",
+    )
     p.add_argument(
         "--text-model", help="ort/trt: the text graph from `mobius export --text-encoder`"
     )
@@ -230,14 +234,20 @@ def _runtime_config(args: argparse.Namespace):
 
 
 def _segmenter(args: argparse.Namespace, cfg, threshold: float = 0.3):
-    """A Segmenter for --backend (torch: the config's model; ort/trt: --model, else for ort
-    the shipped model), its text source (--embeddings, --text-model, or the config's text
-    encoder) and pruning (--no-prune: off); ``inference.build_segmenter`` chooses."""
+    """A Segmenter for --backend (torch: the config's model; ort/trt: --model, else the
+    shipped model: for ort its cached ONNX bundle, for trt an engine built once from that
+    bundle's graph, :func:`_shipped_engine`), its text source (--embeddings, --text-model, or
+    the config's text encoder) and pruning (--no-prune: off); ``inference.build_segmenter``
+    chooses."""
     from .inference import SegmenterSpec, build_segmenter
+    from .inference.backend import backend_name
 
+    model = args.model
+    if model is None and backend_name(args.backend) == "tensorrt":
+        model = str(_shipped_engine(cfg, args.size))
     spec = SegmenterSpec(
         backend=args.backend,
-        model=args.model,
+        model=model,
         checkpoint=getattr(args, "checkpoint", None),
         config=args.config,
         overrides=tuple(args.overrides),
@@ -248,6 +258,20 @@ def _segmenter(args: argparse.Namespace, cfg, threshold: float = 0.3):
         score_threshold=threshold,
     )
     return build_segmenter(spec)
+
+
+def _shipped_engine(cfg, size: int | None) -> Path:
+    """The shipped model's TensorRT engine under the cache (built the first time, and again
+    when its graph changes); says on stderr which one runs, so --json output stays clean."""
+    from .export.tensorrt import shipped_engine
+
+    try:
+        path, built = shipped_engine(cfg, size)
+    except ImportError as exc:  # no TensorRT here: the message says how to get it
+        raise ValueError(str(exc)) from exc
+    print(f"tensorrt: {'built' if built else 'reusing'} engine {path} (shipped {cfg.name}; "
+          "--model ENGINE for another)", file=sys.stderr)  # fmt: skip
+    return path
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ frames of either orientation up to 16:9 (``choose_profile``); a fixed-size graph
 profile. The graph's ``mobius.*`` metadata is copied into the sidecar (``meta``), where the
 backend reads config name, default pruning, layers and text width from.
 
-Engine cache: ``<cache_dir>/<model stem>-<key>.engine`` plus ``.json`` sidecar. The key
+Engine cache: ``<cache_dir>/<model stem>-<key>.engine`` plus ``.json`` sidecar (the shipped
+model's engine, ``shipped_engine``: ``$MOBIUS_CACHE/engines``). The key
 hashes the ONNX file, the TensorRT version, the GPU name, the precision, the DLA core and the
 optimisation profile; a launch reuses a matching engine and rebuilds only when the key
 changes (a new model, driver stack, GPU or setting). Jetson: JetPack ships TensorRT and
@@ -254,6 +255,27 @@ def build_engine(
         raise EngineError(f"TensorRT failed to build an engine from {onnx_path} (see its log)")
     atomic_write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
     return write_engine(path, bytes(serialized), key, meta)
+
+
+def shipped_engine(
+    cfg: Any, size: int | None = None, visual: bool = True, precision: str = "fp16",
+    cache_dir: str | Path | None = None,
+) -> tuple[Path, bool]:  # fmt: skip
+    """The engine of ``cfg``'s shipped model: built from the image graph of its cached ONNX
+    bundle (``mobius_core.bundle.shipped_bundle``, exported first where the cache lacks it)
+    into ``<cache>/engines`` (``$MOBIUS_CACHE``, default ``~/.cache/mobius``), or reused
+    from there. The engine's key hashes the graph file (whose name holds the checkpoint's
+    key) with TensorRT, GPU, precision and profile, so a changed graph gets a new engine.
+    Returns (engine file, whether it was built now)."""
+    from ..bundle import shipped_bundle
+    from ..cache import cache_root
+
+    require_tensorrt()  # before a first start exports the bundle for nothing
+    graph = shipped_bundle(cfg, size, visual, text=False, cache_dir=cache_dir).image
+    engines = (Path(cache_dir) if cache_dir else cache_root()) / "engines"
+    before = {f: f.stat().st_mtime_ns for f in engines.glob("*.engine")}
+    path = build_engine(graph, engines, precision)
+    return path, before.get(path) != path.stat().st_mtime_ns
 
 
 def calibration_feeds(

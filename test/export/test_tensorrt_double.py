@@ -271,3 +271,56 @@ def test_fixed_graph_and_int8_calibration(gpu, random_text_encoder, tmp_path, mo
     stale.write_text(json.dumps(info))
     with pytest.raises(trt_backend.EngineError, match="metadata"):
         trt_backend.TensorRTBackend(path)
+
+
+def test_predict_trt_without_a_model_builds_the_shipped_engine_once(gpu, tmp_path, capsys):
+    """No --model: the shipped model's engine, built from its cached ONNX bundle into
+    ``$MOBIUS_CACHE/engines`` on the first call and reused (not rebuilt) on the next."""
+    from mobius_core.cache import cache_root
+
+    path = tmp_path / "f.png"
+    Image.fromarray(frames((480, 640), 1, seed=5)[0]).save(path)
+    args = ["predict", str(path), "--prompts", ",".join(PROMPTS), "--threshold", "0.1",
+            "--json", "--backend", "trt"]  # fmt: skip
+    runs, engines = [], []
+    for word in ("built", "reusing"):
+        builds = gpu.stats["engine_builds"]
+        assert main(args) == 0
+        out = capsys.readouterr()
+        runs.append(json.loads(out.out))  # the engine line goes to stderr: stdout stays JSON
+        (line,) = [ln for ln in out.err.splitlines() if ln.startswith("tensorrt:")]
+        assert line.startswith(f"tensorrt: {word} engine ") and "shipped shapes_tiny" in line
+        engine = Path(line.split(" engine ")[1].split(" (")[0])
+        assert engine.parent == cache_root() / "engines" and engine.is_file()
+        assert gpu.stats["engine_builds"] == builds + (word == "built")
+        engines.append((engine, engine.stat().st_mtime_ns))
+    assert engines[0] == engines[1]  # the same file, untouched
+    assert runs[0] and runs[0] == runs[1]
+
+
+def test_an_engine_profile_bounds_the_size_and_the_budget_ladder(gpu, graph, tmp_path):
+    """The profile's largest H/W caps the input size (what each call feeds, the size
+    reported, the ladder's top); sizes below its smallest are left out of the node's budget
+    ladder with one note for the log. torch/onnxruntime ladders are as before."""
+    from mobius_core.export.tensorrt import build_engine
+    from mobius_ros.model import budget_sizes, load_model
+    from mobius_ros.params import NodeParams
+
+    profile = trt_backend.choose_profile((320, 320), dynamic=True, min_size=224)
+    path = build_engine(graph, tmp_path, "fp32", profile)
+    p = NodeParams(backend="tensorrt", model=str(path), input_size=640, threads=1)
+    m = load_model(p)
+    seg = m.segmenter
+    assert seg.backend.image_range == ((224, 576), (224, 576))
+    assert seg.short_side == seg.info.size == 576 and seg.max_size == 576
+    assert m.sizes == list(range(576, 223, -32))
+    (note,) = m.notes
+    assert "192, 160 left out" in note and "H 224..576, W 224..576" in note
+    seg.set_prompts(PROMPTS[:2])
+    assert seg([frames((720, 1280), 1)[0]])[0] is not None
+    assert max(seg.last_outputs.masks.shape[-2:]) * 4 <= 576  # inside the profile
+    seg.backend.close()
+    plain = NodeParams()  # no profile: every size down to budget_min_size (160)
+    assert budget_sizes(plain, 320, True) == [320, 288, 256, 224, 192, 160]
+    assert budget_sizes(NodeParams(budget_sizes=[256, 192]), 320, True, 224) == [320, 256]
+    assert budget_sizes(plain, 320, False, 224) == [320]

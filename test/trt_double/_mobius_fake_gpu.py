@@ -30,7 +30,9 @@ _lock = threading.RLock()
 device: dict[int, bytearray] = {}
 pinned: dict[int, ctypes.Array] = {}
 streams: dict[int, list[Callable[[], None]]] = {}
+# engine_builds: networks the TensorRT double serialized (a cache hit builds none)
 stats = {"pageable_async_copies": 0, "async_copies": 0, "launches": 0, "mallocs": 0}
+stats["engine_builds"] = 0
 _next = [0x7F0000000000]
 _next_stream = [0x5000]
 capacity = 1 << 32  # bytes of fake device memory

@@ -425,6 +425,7 @@ class Builder:
             "version": __version__, "device": gpu.DEVICE_NAME, "profiles": profiles,
             "flags": sorted(f.name for f in config._flags),
         }).encode()  # fmt: skip
+        gpu.stats["engine_builds"] += 1
         return IHostMemory(_MAGIC + struct.pack("<Q", len(header)) + header + network._onnx)
 
     def _calibrate(self, network, calibrator, profile) -> bool:
