@@ -13,7 +13,16 @@ from . import io_spec
 from .backend import feed_specs, outputs_from_list
 
 
-def ort_session(path: str | Path, providers: Sequence[str] | None = None, threads: int = 0):
+def ort_session(
+    path: str | Path, providers: Sequence[str] | None = None, threads: int = 0, spin: bool = False
+):
+    """An onnxruntime session of ``path``; a clear error when it is missing or not a graph.
+
+    spin: let onnxruntime's worker threads busy-wait between and after runs (its default).
+    Off here: on a robot's few cores the spinning threads take the CPU from the Python steps
+    that follow each inference and from the other nodes (benchmarks/RESULTS.md, "ORT
+    spinning"), for no gain in inference time there.
+    """
     import onnxruntime as ort
 
     path = Path(path)
@@ -23,6 +32,9 @@ def ort_session(path: str | Path, providers: Sequence[str] | None = None, thread
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(
             str(path), options, providers=list(providers or ["CPUExecutionProvider"])
