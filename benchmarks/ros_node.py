@@ -10,6 +10,11 @@ the model's inference time that the node reports in the message; it covers trans
 ways, conversion, preprocessing, post-processing (masks at full resolution), RLE and the
 message. An in-process breakdown of the same steps follows.
 
+The same frames then go, the same way, to a floor process (``_echo``): an rclpy node that
+only copies each image's header into an empty InstanceArray and publishes it, with the
+node's QoS. What it takes is the transport both ways plus rclpy's callbacks: no node that
+receives the 640x480 image over DDS can be faster, whatever its own steps cost.
+
 budget: the node's saturated rate (camera at 60 Hz) is measured with the budget at its
 best level (no pruning, full size) and at its fastest level (an unreachable target);
 targets between the two are then set at run time through the parameter service while a
@@ -297,9 +302,55 @@ def draw_budget_plot(results: list[dict], best: float, fastest: float):
     return img
 
 
+def echo(domain_id: int) -> int:
+    """The floor: image in -> an empty InstanceArray with its header out, nothing else."""
+    use_local_ros_env(domain_id)
+    import rclpy
+    from mobius_ros.msg import InstanceArray
+    from mobius_ros.srv import SetPrompts
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    rclpy.init()
+    node = rclpy.create_node("mobius_echo")
+    sensor = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                        reliability=ReliabilityPolicy.BEST_EFFORT)  # fmt: skip
+    pub = node.create_publisher(InstanceArray, "instances", 10)
+
+    def on_image(msg: Image) -> None:
+        np.frombuffer(msg.data, np.uint8)  # what any consumer does first: a view
+        pub.publish(InstanceArray(header=msg.header))
+
+    def on_prompts(request, response):
+        response.success = True
+        return response
+
+    node.create_subscription(Image, "image", on_image, sensor)
+    node.create_service(SetPrompts, "set_prompts", on_prompts)
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    return 0
+
+
+def floor(h: Harness, frames, n: int, domain_id: int) -> dict:
+    """``overhead`` against the ``_echo`` process instead of the node."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, __file__, "_echo", "--domain-id", str(domain_id)])
+    try:
+        if not h.wait_for_node(60):
+            raise RuntimeError("the echo process did not come up")
+        h.send(h.image(frames[0]))
+        return overhead(h, frames, n)
+    finally:
+        stop(proc)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("what", choices=["overhead", "budget", "prompts"])
+    p.add_argument("what", choices=["overhead", "budget", "prompts", "_echo"])
     p.add_argument("--repeats", type=int, default=3, help="set_prompts calls (prompts)")
     p.add_argument("--frames", type=int, default=100)
     p.add_argument("--seconds", type=float, default=10.0, help="per budget target")
@@ -308,6 +359,8 @@ def main() -> int:
     p.add_argument("--threshold", type=float, default=0.15, help="node score_threshold")
     p.add_argument("--no-tracking", action="store_true", help="node parameter tracking false")
     args = p.parse_args()
+    if args.what == "_echo":
+        return echo(args.domain_id)
     use_local_ros_env(args.domain_id)
     import rclpy
 
@@ -338,6 +391,11 @@ def main() -> int:
             print(f"| inference (reported by the node) | {r['inf_p50']:.1f} | |")
             print(f"| node overhead (the difference) | {r['over_p50']:.1f} | {r['over_p95']:.1f} |")
             stop(proc)
+            f = floor(h, frames, args.frames, args.domain_id)
+            print(f"| floor: the same frames to an echo process (transport only) | "
+                  f"{f['e2e_p50']:.1f} | {f['e2e_p95']:.1f} |")
+            print(f"\np95 overhead / p50 inference: {r['over_p95'] / r['inf_p50']:.1%}; "
+                  f"the floor alone, p95 / p50 inference: {f['e2e_p95'] / r['inf_p50']:.1%}")
             print_node_profile(node_profile(profile, r["sent"]))
             b = breakdown(frames, args.frames, args.threshold)
             print("\nIn-process breakdown of the same steps:\n\n| step | p50 (ms) | p95 (ms) |")
