@@ -5,9 +5,11 @@ itself (``autostart``, default true; ``ros2 lifecycle set /mobius ...`` at run t
 RViz with config/mobius.rviz in the node's namespace when ``use_rviz:=true``.
 
 Arguments: params_file, namespace, image (input topic remap; the compressed transport
-follows it), and the parameter arguments transport, backend, model, target_fps, autostart,
-use_sim_time. A parameter argument overrides the params file only when it is given: left
-out, the file's value (or the node's default) stands.
+follows it), depth and camera_info (remaps of the registered depth image and the colour
+camera's camera_info, read with use_depth:=true), and the parameter arguments transport,
+use_depth, backend, model, target_fps, autostart, use_sim_time. A parameter argument
+overrides the params file only when it is given: left out, the file's value (or the node's
+default) stands.
 """
 
 import os
@@ -25,11 +27,20 @@ EXECUTABLE = "mobius_node"
 # Parameter arguments: name -> (type, description). "" (the default) = not given.
 PARAMETER_ARGUMENTS = {
     "transport": (str, "raw | compressed (subscribe <image>/compressed)"),
+    "use_depth": (bool, "synchronise depth + camera_info: 3D per instance (true | false)"),
     "backend": (str, "onnxruntime | tensorrt | torch"),
     "model": (str, "model file ('' = the shipped model)"),
     "target_fps": (float, "frame-rate budget (0 = off)"),
     "autostart": (bool, "configure and activate at start (true | false)"),
     "use_sim_time": (bool, "take time from /clock (bag replay)"),
+}
+
+
+# Topic arguments: the node's relative topic -> (default remap, description).
+TOPICS = {
+    "image": ("/camera/image_raw", "input image topic"),
+    "depth": ("/camera/depth/image_raw", "depth image registered to the colour image (use_depth)"),
+    "camera_info": ("/camera/camera_info", "camera_info of the colour camera (use_depth)"),
 }
 
 
@@ -70,7 +81,7 @@ def _node(context, share: str):
         namespace=namespace,
         output="screen",
         parameters=params,
-        remappings=[("image", LaunchConfiguration("image").perform(context))],
+        remappings=[(t, LaunchConfiguration(t).perform(context)) for t in TOPICS],
     )
     rviz = Node(
         package="rviz2",
@@ -91,9 +102,10 @@ def generate_launch_description() -> LaunchDescription:
             description="ROS 2 parameter file (defaults: config/segment.yaml)",
         ),
         DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
-        DeclareLaunchArgument(
-            "image", default_value="/camera/image_raw", description="input image topic"
-        ),
+        *[
+            DeclareLaunchArgument(name, default_value=default, description=text)
+            for name, (default, text) in TOPICS.items()
+        ],
         *[
             DeclareLaunchArgument(name, default_value="", description=f"{text}; '' = not given")
             for name, (_, text) in PARAMETER_ARGUMENTS.items()

@@ -53,7 +53,8 @@ def image_to_rgb(
     """``sensor_msgs/Image`` fields -> [H,W,3] uint8 RGB (a view where the layout allows)."""
     if encoding not in ENCODINGS:
         hint = (
-            "depth images are not segmented; publish the colour stream"
+            "depth images are not segmented; publish the colour stream on `image` (and the "
+            "registered depth on `depth`, with use_depth:=true, for 3D)"
             if encoding in DEPTH_ENCODINGS
             else "publish rgb8, bgr8, rgba8, bgra8 or mono8 (image_proc can convert)"
         )

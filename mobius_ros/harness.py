@@ -197,6 +197,10 @@ class Harness:
         from geometry_msgs.msg import PointStamped
 
         self.pub_click = self.node.create_publisher(PointStamped, "point_prompt", 10)
+        from sensor_msgs.msg import CameraInfo
+
+        self.pub_depth = self.node.create_publisher(Image, "depth", qos_profile_sensor_data)
+        self.pub_info = self.node.create_publisher(CameraInfo, "camera_info", 10)
         self.params = self.node.create_client(SetParameters, "/mobius/set_parameters")
         self.SetPrompts, self.SetParameters = SetPrompts, SetParameters
         self.stamp = 1000
@@ -246,6 +250,19 @@ class Harness:
         while time.monotonic() < end:
             pub.publish(msg)
             if not wait or self.spin(0.5, lambda: msg.header.stamp.sec in self.instances):
+                break
+        return self.instances.get(msg.header.stamp.sec, (None, None))[1]
+
+    def send_rgbd(self, msg: Any, depth: Any, info: Any, timeout: float = 30.0) -> Any:
+        """``send`` with a depth image and camera_info at the image's stamp (use_depth):
+        the three are published together (again every 0.5 s) until the instances come."""
+        depth.header = info.header = msg.header
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.pub_info.publish(info)
+            self.pub_depth.publish(depth)
+            self.pub.publish(msg)
+            if self.spin(0.5, lambda: msg.header.stamp.sec in self.instances):
                 break
         return self.instances.get(msg.header.stamp.sec, (None, None))[1]
 

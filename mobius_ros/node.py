@@ -17,6 +17,14 @@ depth 1; a worker thread segments the newest frame and publishes ``instances``,
 (geometry_msgs/PointStamped in image pixels, as image viewers publish mouse clicks) adds a
 point prompt.
 
+Depth (``use_depth:=true``): ``image`` (or its compressed transport), ``depth`` (16UC1 mm or
+32FC1 m, registered to the colour image) and ``camera_info`` are matched by
+``message_filters.ApproximateTimeSynchronizer``; each instance then carries its 3D centre and
+size in the image's optical frame (``mobius_core.geometry3d``), ``detections_3d``
+(vision_msgs/Detection3DArray) and ``points`` (sensor_msgs/PointCloud2, only while
+subscribed) are published and the markers become 3D boxes. A bad depth frame costs that
+frame its 3D only: the 2D outputs go on, the reason is logged and counted in diagnostics.
+
 Threads: :class:`NodeExecutors` spins ``set_prompts`` (a callback group of its own) on a
 thread of its own, so encoding a long prompt list never holds up frames, ``/diagnostics``,
 parameters or the lifecycle services; requests to it queue and are answered in order. Each
@@ -48,7 +56,7 @@ from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValu
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
 from mobius_core.inference.prompts import validate_prompts
@@ -66,6 +74,7 @@ from .conversions import (
     label_image,
     rgb_to_image_fields,
 )
+from .depth import DepthStats, FrameSync, frame_3d, points_cloud
 from .model import apply_level, load_model
 from .prompts import PromptResult, PromptState
 from .visual import FrameInfo, VisualPromptState
@@ -75,12 +84,14 @@ try:  # optional: vision_msgs is not everywhere
     from vision_msgs.msg import (
         Detection2D,
         Detection2DArray,
+        Detection3D,
+        Detection3DArray,
         LabelInfo,
         ObjectHypothesisWithPose,
         VisionClass,
     )
 except ImportError:  # pragma: no cover - depends on the system
-    Detection2DArray = LabelInfo = None
+    Detection2DArray = Detection3DArray = LabelInfo = None
 
 SENSOR_QOS = QoSProfile(
     depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT
@@ -181,7 +192,10 @@ class SegmentationNode(LifecycleNode):
         self.active = False
         self.configuring = False  # a signal during configure stops it at once (see run())
         self.stopping = False  # set before the worker stops: no error lines while going down
-        self._frame_subs: list[Any] = []
+        self._frame_subs: list[Any] = []  # point_prompt
+        self._frames: Any = None  # the image subscription, or a FrameSync with use_depth
+        self.depth_stats = DepthStats()
+        self.depth_problem = ""  # why use_depth is not in effect, or the stamps' offset
         self._pubs: dict[str, Any] = {}
         self._diag_timer: Any = None
         self.last_kept = 0
@@ -235,8 +249,10 @@ class SegmentationNode(LifecycleNode):
             "markers": lp(MarkerArray, "markers", 10),
             "diagnostics": lp(DiagnosticArray, "/diagnostics", 10),
         }
+        self._pubs["points"] = lp(PointCloud2, "points", 2)
         if Detection2DArray is not None:
             self._pubs["detections"] = lp(Detection2DArray, "detections", 10)
+            self._pubs["detections_3d"] = lp(Detection3DArray, "detections_3d", 10)
             self._pubs["label_info"] = lp(LabelInfo, "label_info", LATCHED_QOS)
         return super().on_configure(state)
 
@@ -244,6 +260,7 @@ class SegmentationNode(LifecycleNode):
         result = super().on_activate(state)  # enables the lifecycle publishers
         self.stopping = False
         self.bad_frames = 0  # counted, as the worker's statistics are, from activation
+        self.depth_stats = DepthStats()
         self.worker = LatestFrameWorker(self._process, self._on_error)
         self.worker.min_period_s = self._min_period()
         self._subscribe_frames()
@@ -253,7 +270,7 @@ class SegmentationNode(LifecycleNode):
         self._diag_timer = self.create_timer(self.p.diagnostics_period, self._publish_diagnostics)
         self.active = True
         self._publish_label_info()
-        self.log.info(f"active: segmenting {self._frame_topic()}")
+        self.log.info(f"active: segmenting {self._describe_input()}")
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -278,6 +295,7 @@ class SegmentationNode(LifecycleNode):
     def _stop_frames(self) -> None:
         self.active = False
         self.stopping = True
+        self._unsubscribe_frames()
         for sub in self._frame_subs:
             self.destroy_subscription(sub)
         self._frame_subs = []
@@ -308,11 +326,33 @@ class SegmentationNode(LifecycleNode):
     def _frame_topic(self) -> str:
         return self.image_topic + ("/compressed" if self.p.transport == "compressed" else "")
 
+    def _describe_input(self) -> str:
+        if not isinstance(self._frames, FrameSync):
+            return self._frame_topic()
+        depth, info = (self.resolve_topic_name(t) for t in ("depth", "camera_info"))
+        return f"{self._frame_topic()} + {depth} + {info} (slop {self.p.sync_slop:g} s)"
+
     def _subscribe_frames(self) -> None:
         kind = CompressedImage if self.p.transport == "compressed" else Image
-        self._frame_subs.insert(
-            0, self.create_subscription(kind, self._frame_topic(), self._on_frame, SENSOR_QOS)
-        )
+        self.depth_problem = ""
+        if self.p.use_depth:
+            try:
+                self._frames = FrameSync(self, kind, self._frame_topic(), "depth", "camera_info",
+                                         SENSOR_QOS, self.p.sync_queue, self.p.sync_slop,
+                                         self._on_synced, self.p.sync_warn_after)  # fmt: skip
+                return
+            except RuntimeError as exc:  # no message_filters: 2D goes on, and says why
+                self.depth_problem = str(exc)
+                self.log.error(f"{exc}; segmenting {self._frame_topic()} without 3D")
+        self._frames = self.create_subscription(kind, self._frame_topic(), self._on_frame,
+                                                SENSOR_QOS)  # fmt: skip
+
+    def _unsubscribe_frames(self) -> None:
+        if isinstance(self._frames, FrameSync):
+            self._frames.destroy()
+        elif self._frames is not None:
+            self.destroy_subscription(self._frames)
+        self._frames = None
 
     def _inactive(self) -> str | None:
         """Why requests are refused now (None while active)."""
@@ -328,6 +368,14 @@ class SegmentationNode(LifecycleNode):
         worker = self.worker
         if worker is not None:
             worker.submit((msg, time.monotonic()))
+
+    def _on_synced(self, msg: Image | CompressedImage, depth: Any, info: Any) -> None:
+        """A matched image + depth + camera_info, or (depth None) an image alone while the
+        streams are out of sync."""
+        worker = self.worker
+        if worker is not None:
+            worker.submit((msg, time.monotonic(), depth, info) if depth is not None
+                          else (msg, time.monotonic()))  # fmt: skip
 
     def _on_click(self, msg: PointStamped) -> None:
         if not self.model.visual:
@@ -455,11 +503,12 @@ class SegmentationNode(LifecycleNode):
             self._diag_timer.cancel()
             self.destroy_timer(self._diag_timer)
             self._diag_timer = self.create_timer(new.diagnostics_period, self._publish_diagnostics)
-        old_transport, self.p = self.p.transport, new
-        if self.active and new.transport != old_transport:  # move to the other transport
-            self.destroy_subscription(self._frame_subs.pop(0))
+        old, self.p = self.p, new
+        inputs = ("transport", "use_depth", "sync_slop", "sync_queue")
+        if self.active and any(getattr(new, k) != getattr(old, k) for k in inputs):
+            self._unsubscribe_frames()  # subscribe again: another transport, depth on/off
             self._subscribe_frames()
-            self.log.info(f"transport {new.transport}: segmenting {self._frame_topic()}")
+            self.log.info(f"now segmenting {self._describe_input()}")
         if self.worker is not None:
             self.worker.min_period_s = self._min_period()
         self._pending_level = True
@@ -489,7 +538,7 @@ class SegmentationNode(LifecycleNode):
         self.log.error(f"{kind}: {exc}", throttle_duration_sec=5.0)
 
     def _process(self, item: tuple[Any, float]) -> None:
-        msg, received = item
+        msg, received, *depth = item  # depth: (depth image, camera_info) with use_depth
         if not self.active:
             return
         start = time.monotonic()
@@ -529,9 +578,10 @@ class SegmentationNode(LifecycleNode):
         self.last_kept = kept
         if self.stopping:
             return
+        frame3d = self._frame_3d(inst, *depth) if depth else None
         stamps = [] if self._profile is not None else None
         self._publish(msg.header, rgb, inst, times.inference * 1e3, kept, used, ids, prompts,
-                      stamps)  # fmt: skip
+                      stamps, frame3d)  # fmt: skip
         done = time.monotonic()
         if stamps is not None:
             head = msg.header.stamp.sec, received, start, converted
@@ -544,23 +594,44 @@ class SegmentationNode(LifecycleNode):
         if self.budget.update(done - start, done):
             self.log.info(f"budget: {self.budget.level.describe()}")
 
+    def _frame_3d(self, inst: Any, depth: Any, info: Any) -> Any:
+        """The frame's 3D (``depth.Frame3D``); a bad depth or camera_info is logged
+        (rate-limited) and counted, and the frame goes on in 2D."""
+        p = self.p
+        pub = self._pubs.get("points")
+        options = {"erode_px": p.depth_erode, "min_points": p.depth_min_points,
+                   "depth_range": tuple(p.depth_range), "extent": p.extent_3d,
+                   "keep_points": bool(p.publish_points and pub is not None
+                                       and pub.get_subscription_count())}  # fmt: skip
+        f = frame_3d(inst.masks, inst.boxes, depth, info, options)
+        self.depth_stats.add(f, len(inst))
+        if f.error:
+            self.log.warning(f"no 3D for this frame: {f.error}", throttle_duration_sec=5.0)
+        return f
+
     def _publish(
         self, header: Any, rgb: Any, inst: Any, inference_ms: float, kept: int,
         used: tuple[tuple[str, ...], str], ids: Any = None, visual: Any = (),
-        stamps: list[float] | None = None,
+        stamps: list[float] | None = None, frame3d: Any = None,
     ) -> None:  # fmt: skip
         """Publish the frame's messages; ``stamps`` (profiling) gets the monotonic times
-        after the InstanceArray is built and after it is published."""
+        after the InstanceArray is built and after it is published; ``frame3d``: the
+        instances' 3D (use_depth)."""
         prompts, mode = used
         out = InstanceArray(header=header, mode=mode)
         out.prompts = list(prompts) + [p.label for p in visual]
         out.inference_ms, out.kept_queries = float(inference_ms), kept
         fields = instance_fields(inst, ids)
-        for f in fields:
+        in3d = frame3d.results if frame3d is not None and frame3d.results else [None] * len(fields)
+        for f, r in zip(fields, in3d):
             m = Instance(id=f.id, label=f.label, prompt_index=f.prompt_index, score=f.score)
             m.box = f.box
             m.mask_height, m.mask_width = f.mask_height, f.mask_width
             m.mask_rle_counts = array.array("I", f.mask_rle_counts)
+            if r is not None and r.has_3d:
+                m.has_3d = True
+                m.center_3d.x, m.center_3d.y, m.center_3d.z = (float(v) for v in r.center)
+                m.size_3d.x, m.size_3d.y, m.size_3d.z = (float(v) for v in r.size)
             out.instances.append(m)
         pubs = self._pubs
         if stamps is not None:
@@ -583,15 +654,27 @@ class SegmentationNode(LifecycleNode):
                 Image(header=header, height=h, width=w, encoding="rgb8", step=step, data=data)
             )
         if p.publish_markers and pubs["markers"].get_subscription_count():
-            pubs["markers"].publish(self._markers(header, fields))
+            pubs["markers"].publish(self._markers(header, fields, in3d))
         det = pubs.get("detections")
         if p.publish_detections and det is not None and det.get_subscription_count():
             det.publish(self._detections(header, fields))
+        if frame3d is None:
+            return
+        det3 = pubs.get("detections_3d")
+        if p.publish_detections and det3 is not None and det3.get_subscription_count():
+            det3.publish(self._detections_3d(header, out.instances))
+        if p.publish_points and pubs["points"].get_subscription_count():
+            pubs["points"].publish(points_cloud(header, in3d, [f.id for f in fields]))
 
-    def _markers(self, header: Any, fields: list[Any]) -> MarkerArray:
+    def _markers(self, header: Any, fields: list[Any], in3d: list[Any]) -> MarkerArray:
+        """3D boxes and labels where an instance has 3D; the others drawn flat in the image
+        plane at ``marker_scale`` metres per pixel."""
         s = self.p.marker_scale
         out = MarkerArray(markers=[Marker(header=header, action=Marker.DELETEALL)])
-        for f in fields:
+        for f, r in zip(fields, in3d):
+            if r is not None and r.has_3d:
+                out.markers += marker_3d(header, f.id, f"{f.label} {f.score:.2f}", r)
+                continue
             x0, y0, x1, y1 = (v * s for v in f.box)
             box = Marker(header=header, ns="boxes", id=f.id, type=Marker.LINE_STRIP)
             box.points = [
@@ -607,6 +690,25 @@ class SegmentationNode(LifecycleNode):
             out.markers += [box, text]
         return out
 
+    def _detections_3d(self, header: Any, instances: list[Any]) -> Any:
+        """vision_msgs/Detection3DArray: the instances with 3D, same ids and labels as
+        ``detections``; the box is axis-aligned in the optical frame (identity orientation)."""
+        out = Detection3DArray(header=header)
+        for m in instances:
+            if not m.has_3d:
+                continue
+            d = Detection3D(header=header, id=str(m.id))
+            d.bbox.center.position = m.center_3d
+            d.bbox.center.orientation.w = 1.0
+            d.bbox.size = m.size_3d
+            hyp = ObjectHypothesisWithPose()
+            hyp.hypothesis.class_id, hyp.hypothesis.score = m.label, float(m.score)
+            hyp.pose.pose.position = m.center_3d
+            hyp.pose.pose.orientation.w = 1.0
+            d.results.append(hyp)
+            out.detections.append(d)
+        return out
+
     def _detections(self, header: Any, fields: list[Any]) -> Any:  # pragma: no cover
         out = Detection2DArray(header=header)
         for f in fields:
@@ -619,6 +721,30 @@ class SegmentationNode(LifecycleNode):
             d.results.append(hyp)
             out.detections.append(d)
         return out
+
+    def _depth_diagnostics(self) -> dict[str, str]:
+        """The 3D step's counts; with use_depth, a rate-limited warning when image, depth
+        and camera_info have not matched for ``sync_warn_after`` seconds."""
+        if not self.p.use_depth:
+            return {"use_depth": "false"}
+        sync = self._frames if isinstance(self._frames, FrameSync) else None
+        if sync is not None:
+            late = sync.out_of_sync(self.p.sync_warn_after)
+            if late:
+                self.log.warning(late, throttle_duration_sec=max(5.0, self.p.sync_warn_after))
+            self.depth_problem = late or ""
+        d = self.depth_stats
+        values = {"use_depth": "true", "depth_topic": self.resolve_topic_name("depth"),
+                  "camera_info_topic": self.resolve_topic_name("camera_info"),
+                  "synchronised_frames": str(sync.matched if sync else 0),
+                  "frames_without_depth": str(sync.alone if sync else 0),
+                  "instances_with_3d": str(d.with_3d),
+                  "instances_without_3d": str(sum(d.without_3d.values())),
+                  "depth_error_frames": str(sum(d.errors.values())),
+                  "depth_step_ms": f"{1e3 * d.seconds / max(d.frames, 1):.2f}"}  # fmt: skip
+        values.update({f"no_3d: {k}": str(v) for k, v in d.without_3d.items()})
+        values.update({f"depth error: {k}": str(v) for k, v in d.errors.items()})
+        return values
 
     def _publish_diagnostics(self) -> None:
         worker, budget, prompts = self.worker, self.budget, self.prompt_state
@@ -641,6 +767,7 @@ class SegmentationNode(LifecycleNode):
             "last_prompt_error": self.last_prompt_error,
             "image_topic": self._frame_topic(),
             **budget.state(),
+            **self._depth_diagnostics(),
         }
         level = DiagnosticStatus.OK
         message = "running"
@@ -651,12 +778,34 @@ class SegmentationNode(LifecycleNode):
         if self.last_error:
             level, message = DiagnosticStatus.WARN, f"last bad frame: {self.last_error[:120]}"
             self.last_error = ""
+        elif self.depth_problem:
+            level, message = DiagnosticStatus.WARN, self.depth_problem[:160]
+        elif self.depth_stats.last_error:
+            level, message = DiagnosticStatus.WARN, f"no 3D: {self.depth_stats.last_error[:120]}"
+            self.depth_stats.last_error = ""
         status = DiagnosticStatus(level=level, name="mobius_ros: segmentation",
                                   message=message, hardware_id=self.p.backend)  # fmt: skip
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         diag = DiagnosticArray(status=[status])
         diag.header.stamp = self.get_clock().now().to_msg()
         self._pubs["diagnostics"].publish(diag)
+
+
+def marker_3d(header: Any, mid: int, label: str, r: Any) -> list[Marker]:
+    """A translucent box at the instance's 3D centre and size, and its label above it."""
+    box = Marker(header=header, ns="boxes_3d", id=mid, type=Marker.CUBE)
+    box.pose.position.x, box.pose.position.y, box.pose.position.z = (float(v) for v in r.center)
+    box.pose.orientation.w = 1.0
+    box.scale.x, box.scale.y, box.scale.z = (max(float(v), 0.01) for v in r.size)
+    box.color.r, box.color.g, box.color.b, box.color.a = 0.1, 0.9, 1.0, 0.35
+    text = Marker(header=header, ns="labels", id=mid, type=Marker.TEXT_VIEW_FACING)
+    text.pose.position.x, text.pose.position.z = float(r.center[0]), float(r.center[2])
+    text.pose.position.y = float(r.center[1] - r.size[1] / 2 - 0.05)  # y is down: above it
+    text.pose.orientation.w = 1.0
+    text.text = label
+    text.scale.z = 0.08
+    text.color.r = text.color.g = text.color.b = text.color.a = 1.0
+    return [box, text]
 
 
 class _Interrupted(BaseException):

@@ -27,7 +27,7 @@ ROS_BUILTIN_PREFIXES = ("qos_overrides.",)
 @dataclass
 class NodeParams:
     backend: str = "onnxruntime"
-    model: str = ""  # "" = the shipped model (exported to ONNX on first use and cached)
+    model: str = ""  # "" = the shipped model (its cached bundle, built on first use)
     config: str = ""  # model config; "" = from the exported graph, else shapes_tiny
     text_model: str = ""  # ONNX text encoder (torch-free); "" = the config's encoder
     embeddings: str = ""  # cached prompt embeddings (.npz from `mobius embed`)
@@ -63,6 +63,15 @@ class NodeParams:
     publish_markers: bool = True
     publish_detections: bool = True  # vision_msgs/Detection2DArray where vision_msgs exists
     marker_scale: float = 0.001  # metres per pixel for markers drawn in the image frame
+    use_depth: bool = False  # synchronise `depth` + `camera_info`: 3D per instance
+    sync_slop: float = 0.05  # seconds between stamps that still count as one frame
+    sync_queue: int = 10  # messages per topic the synchroniser holds
+    depth_range: list[float] = field(default_factory=lambda: [0.1, 20.0])  # metres
+    depth_erode: int = 2  # pixels taken off the mask's edge before its depth is read
+    depth_min_points: int = 30  # fewer valid depth pixels: no 3D
+    extent_3d: str = "completed"  # completed | visible (mobius_core.geometry3d)
+    publish_points: bool = True  # PointCloud2 of the instances (only while subscribed)
+    sync_warn_after: float = 5.0  # seconds without a matched frame: warn, go on in 2D
     diagnostics_period: float = 1.0
     max_image_pixels: int = 8192 * 8192  # larger images are refused (before decoding)
 
@@ -125,7 +134,7 @@ def _ordered_pair(what: str, lo: float, hi: float, order: str) -> Spec:
 SPECS: dict[str, Spec] = {
     "backend": Spec("inference backend", choices=BACKENDS, read_only=True),
     "model": Spec(
-        "model file: '' = the shipped model (exported to ONNX once and cached), or "
+        "model file: '' = the shipped model (its cached bundle, built on first use), or "
         "a .onnx graph, a TensorRT engine, or a .pt checkpoint (torch)",
         read_only=True,
     ),
@@ -202,6 +211,46 @@ SPECS: dict[str, Spec] = {
     "publish_markers": Spec("visualization_msgs/MarkerArray in the image frame"),
     "publish_detections": Spec("vision_msgs/Detection2DArray (where vision_msgs is installed)"),
     "marker_scale": Spec("metres per pixel for markers", 0.0, 1000.0, lo_open=True),
+    "use_depth": Spec(
+        "synchronise `image` with `depth` (16UC1 mm or 32FC1 m, registered to the colour "
+        "image) and `camera_info` (message_filters): each instance gets its 3D centre and "
+        "size in the image's optical frame"
+    ),
+    "sync_slop": Spec(
+        "seconds between image, depth and camera_info stamps that still "
+        "make one frame (ApproximateTimeSynchronizer slop)",
+        0.0,
+        10.0,
+    ),
+    "sync_queue": Spec("messages per topic the synchroniser holds", 1, 1000),
+    "depth_range": Spec(
+        "[nearest, farthest] depth in metres that counts; others are holes",
+        0.0,
+        1000.0,
+        rule=lambda v: len(v) == 2 and v[0] < v[1],
+        rule_text="[nearest, farthest], nearest < farthest",
+    ),
+    "depth_erode": Spec(
+        "pixels taken off a mask's edge before its depth is read (edge "
+        "pixels often see the background)",
+        0,
+        50,
+    ),
+    "depth_min_points": Spec("fewer mask pixels with valid depth than this: no 3D", 1, 10**6),
+    "extent_3d": Spec(
+        "3D box: completed = the visible points' axis-aligned box made as deep as it is "
+        "wide (a camera sees only the front); visible = the visible points' box",
+        choices=("completed", "visible"),
+    ),
+    "publish_points": Spec(
+        "sensor_msgs/PointCloud2 of the instances' points (x, y, z, id), only while subscribed"
+    ),
+    "sync_warn_after": Spec(
+        "seconds of images without a matching depth + camera_info before a warning naming "
+        "the stamps' offset; meanwhile images are segmented in 2D",
+        0.1,
+        3600.0,
+    ),
     "diagnostics_period": Spec("seconds between /diagnostics messages", 0.05, 60.0),
     "max_image_pixels": Spec(
         "largest image accepted, width x height; a compressed image's size is read from its "
@@ -222,7 +271,8 @@ def kind(name: str) -> type:
 def element_kind(name: str) -> type | None:
     """The element type of a list parameter (None for other parameters)."""
     return {"prompts": str, "budget_sizes": int, "prune_low_range": float,
-            "prune_high_range": float, "min_keep_range": int}.get(name)  # fmt: skip
+            "prune_high_range": float, "min_keep_range": int,
+            "depth_range": float}.get(name)  # fmt: skip
 
 
 def is_ros_builtin(name: str) -> bool:

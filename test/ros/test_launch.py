@@ -250,4 +250,8 @@ def test_launch_file_passes_only_given_arguments_and_runs_rviz_in_the_namespace(
     assert len(params) == 2  # the params file, then the given arguments
     remaps = [tuple("".join(s.perform(context) for s in part) for part in r)
               for r in node._Node__remappings]  # fmt: skip
-    assert remaps == [("image", "/camera/image_raw")]  # the compressed topic follows `image`
+    assert remaps == [
+        ("image", "/camera/image_raw"),
+        ("depth", "/camera/depth/image_raw"),
+        ("camera_info", "/camera/camera_info"),
+    ]  # the compressed topic follows `image`

@@ -27,8 +27,12 @@ def test_launch_file_declares_its_arguments_and_starts_the_installed_executable(
     (table,) = [a.value for a in tree.body if isinstance(a, ast.Assign)
                 and getattr(a.targets[0], "id", "") == "PARAMETER_ARGUMENTS"]  # fmt: skip
     declared |= {k.value for k in table.keys}
-    assert declared == {"params_file", "namespace", "image", "backend", "model", "target_fps",
-                        "transport", "autostart", "use_sim_time", "use_rviz"}  # fmt: skip
+    (topics,) = [a.value for a in tree.body if isinstance(a, ast.Assign)
+                 and getattr(a.targets[0], "id", "") == "TOPICS"]  # fmt: skip
+    declared |= {k.value for k in topics.keys}
+    assert declared == {"params_file", "namespace", "image", "depth", "camera_info", "backend",
+                        "model", "target_fps", "transport", "use_depth", "autostart",
+                        "use_sim_time", "use_rviz"}  # fmt: skip
     from mobius_ros import params as P
 
     assert set(ast.literal_eval(ast.unparse(ast.Set([k for k in table.keys])))) <= {
@@ -80,6 +84,7 @@ IMPORT_SOURCES = {
     "visualization_msgs": ("ros", "visualization_msgs"),
     "diagnostic_msgs": ("ros", "diagnostic_msgs"),
     "vision_msgs": ("ros", "vision_msgs"),
+    "message_filters": ("ros", "message_filters"),
     "cv_bridge": ("ros", "cv_bridge"),
     "ament_index_python": ("ros", "ament_index_python"),
     "numpy": ("ros", "python3-numpy"),
