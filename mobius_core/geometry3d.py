@@ -140,6 +140,12 @@ def erode(mask: np.ndarray, r: int) -> np.ndarray:
     return m
 
 
+def _quantiles(a: np.ndarray, qs) -> np.ndarray:
+    """Nearest-rank quantiles (percent) of ``a`` along axis 0: one partition, no sort."""
+    k = np.clip(np.rint(np.asarray(qs, float) / 100.0 * (len(a) - 1)).astype(int), 0, len(a) - 1)
+    return np.partition(a, k, axis=0)[k]
+
+
 def _crop(mask: np.ndarray, box) -> tuple[int, int, int, int]:
     """Integer bounds (y0, y1, x0, x1) holding the mask: its box when given, else its
     non-zero rows and columns."""
@@ -167,7 +173,7 @@ def instance_3d(
     trim: float = 0.2,
     extent: str = "completed",
     keep_points: bool = False,
-    max_points: int = 2000,
+    max_points: int = 1500,
 ) -> Instance3D:
     """One instance's 3D (see the module notes). ``mask``: bool [H, W] at the colour
     resolution ``camera`` describes; ``depth``: float metres, NaN where none, at that size
@@ -200,8 +206,8 @@ def instance_3d(
     none = Instance3D(False, np.zeros(3), np.zeros(3), len(z), TOO_FEW)
     if len(z) < min_points:
         return none
-    med = float(np.median(z))
-    mad = 1.4826 * float(np.median(np.abs(z - med)))
+    med = float(_quantiles(z, [50])[0])
+    mad = 1.4826 * float(_quantiles(np.abs(z - med), [50])[0])
     # a curved or slanted surface spreads its depths by up to its size: no point closer to
     # the median than the mask's width (at the median depth) is an outlier
     width = min(np.ptp(us) / camera.fx, np.ptp(vs) / camera.fy) * med
@@ -210,7 +216,7 @@ def instance_3d(
         return none
     z, us, vs = z[inl], us[inl].astype(np.float32), vs[inl].astype(np.float32)
     pts = np.stack([(us - camera.cx) * z / camera.fx, (vs - camera.cy) * z / camera.fy, z], 1)
-    lo3, hi3 = np.percentile(pts, [trim, 100.0 - trim], axis=0)
+    lo3, hi3 = _quantiles(pts, [trim, 100.0 - trim]).astype(np.float64)
     if eroded_by:  # give back the pixels the erosion took from each side
         grow = eroded_by * med / np.array([camera.fx, camera.fy])
         lo3[:2] -= grow
