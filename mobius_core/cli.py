@@ -104,24 +104,36 @@ def _add_data_args(p: argparse.ArgumentParser, default_images: int) -> None:
         help="use a split of the synthetic shapes benchmark instead (generated once, cached)",
     )
     p.add_argument(
+        "--rgbd",
+        choices=("train", "val"),
+        help="use a split of the synthetic RGB-D solids world instead (generated once, cached)",
+    )
+    p.add_argument(
+        "--rgbd-size", default="480x640", help="rgbd split image size HxW (default 480x640)"
+    )
+    p.add_argument(
         "--num-images",
         type=int,
         default=default_images,
-        help=f"images in the synthetic split (default {default_images})",
+        help=f"images in the synthetic or rgbd split (default {default_images})",
     )
-    p.add_argument("--seed", type=int, default=0, help="synthetic split seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic/rgbd split seed (default 0)")
 
 
 def _dataset(args: argparse.Namespace):
     from .data.coco import CocoDataset
+    from .data.rgbd import cached_rgbd_split
     from .data.synthetic import cached_split
 
-    if args.synthetic:
-        if args.data or args.images:
-            raise ValueError("give either --synthetic or --data/--images, not both")
-        return cached_split(args.synthetic, args.num_images, args.seed, progress=True)
+    if args.synthetic or args.rgbd:
+        if sum(map(bool, (args.synthetic, args.rgbd, args.data or args.images))) > 1:
+            raise ValueError("give one of --synthetic, --rgbd or --data/--images")
+        if args.synthetic:
+            return cached_split(args.synthetic, args.num_images, args.seed, progress=True)
+        h, w = (int(v) for v in args.rgbd_size.lower().split("x"))
+        return cached_rgbd_split(args.rgbd, args.num_images, args.seed, (h, w), progress=True)
     if not (args.data and args.images):
-        raise ValueError("give --data ANN.json and --images DIR, or --synthetic SPLIT")
+        raise ValueError("give --data ANN.json and --images DIR, or --synthetic/--rgbd SPLIT")
     return CocoDataset(args.data, args.images)
 
 
@@ -136,8 +148,8 @@ def _train_dataset(args: argparse.Namespace):
     )
 
     if args.datasets:
-        if args.data or args.images or args.synthetic:
-            raise ValueError("give either --datasets or --data/--images/--synthetic, not both")
+        if args.data or args.images or args.synthetic or args.rgbd:
+            raise ValueError("give either --datasets or --data/--images/--synthetic/--rgbd")
         return load_sources(args.datasets)
     dataset = _dataset(args)
     if args.referring_ratio < 0:

@@ -47,29 +47,45 @@ pitched down by ``pitch`` maps a level-frame point ``p`` to ``R p`` in the optic
 
 Determinism: scene ``i`` of ``rgbd_scenes(num, seed)`` is rendered from
 ``numpy.random.default_rng([seed, 3, i])``; it does not depend on ``num``.
+
+Splits (``write_rgbd_split``, ``cached_rgbd_split``): image ``i`` of ``val`` is scene ``i`` of
+``rgbd_scenes(num, seed)``; image ``i`` of ``train`` is rendered from
+``default_rng([seed, 3, i, 1])``, a stream no ``val`` scene uses (numpy pads a seed list with
+zeros, so ``[seed, 3, i]`` is ``[seed, 3, i, 0]``). Categories are ``RGBD_CATEGORIES``, every
+``"<colour> <solid>"`` name in colour-major order, ids 1..32 in both splits.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes
 from ..geometry3d import Intrinsics, depth_to_metres
-from .synthetic import COLOURS
+from ..rle import encode_rle
+from .synthetic import COLOURS, _coco_header, _png_bytes
 
 __all__ = [
     "MAX_RANGE",
     "MIN_RANGE",
+    "RGBD_CATEGORIES",
+    "RGBD_SPLITS",
     "SOLIDS",
     "RGBDObject",
     "RGBDScene",
+    "cached_rgbd_split",
     "default_camera",
     "depth_sigma",
     "render_rgbd_scene",
     "render_single",
     "rgbd_scenes",
+    "write_rgbd_split",
 ]
 
 SOLIDS: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone")
@@ -89,6 +105,10 @@ _DARK_DROP = 0.9
 _RANDOM_DROP = 0.002
 _AMBIENT = 0.35
 _SEED_STREAM = 3  # keeps these scenes' rng streams apart from synthetic's splits (0, 1, 2)
+_SPLIT_WORD = {"val": 0, "train": 1}  # the 4th seed word (0: the rgbd_scenes stream)
+
+RGBD_SPLITS: tuple[str, ...] = ("train", "val")
+RGBD_CATEGORIES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SOLIDS)
 
 
 def depth_sigma(z: np.ndarray | float) -> np.ndarray | float:
@@ -712,3 +732,164 @@ def render_single(
         texture=np.zeros((2, 3, 3)),
     )
     return _render(world, rng, noise)
+
+
+# --------------------------------------------------------------------------------------------
+# Splits (COCO instances + depth + 3D ground truth)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_rgbd_split(split: str) -> None:
+    if split not in _SPLIT_WORD:
+        raise ValueError(f"unknown rgbd split {split!r}; expected one of {', '.join(RGBD_SPLITS)}")
+
+
+def _split_scenes(split: str, num: int, seed: int, size: tuple[int, int]) -> Iterator[RGBDScene]:
+    """Scene ``i`` of ``split`` (see the module docstring); ``val`` is ``rgbd_scenes``."""
+    _check_rgbd_split(split)
+    if split == "val":
+        yield from rgbd_scenes(num, seed, size)
+        return
+    if num < 0 or seed < 0:
+        raise ValueError(f"num and seed must be >= 0, got {num}, {seed}")
+    for i in range(num):
+        rng = np.random.default_rng([int(seed), _SEED_STREAM, i, _SPLIT_WORD[split]])
+        yield render_rgbd_scene(rng, size=size)
+
+
+def _floats(a) -> list[float]:
+    return [round(float(v), 6) for v in np.ravel(a)]
+
+
+def write_rgbd_split(
+    out_dir: str | os.PathLike,
+    split: str,
+    num_images: int,
+    seed: int = 0,
+    size: tuple[int, int] = (480, 640),
+    progress: bool = False,
+) -> Path:
+    """Write ``split`` to ``out_dir/split/``: ``images/*.png`` (RGB), ``depth/*.png`` (uint16
+    millimetres, 0 = no depth, same file names), ``annotations.json`` (COCO instances, RLE
+    masks of the visible pixels) and ``gt3d.json``.
+
+    ``gt3d.json`` is ``{"images": [{"image_id", "file_name", "camera": {fx, fy, cx, cy, width,
+    height}, "camera_height", "pitch", "annotations": {"<ann id>": {"name", "center",
+    "box3d", "distance", "visible_fraction"}}}]}`` in metres, optical frame (``box3d``:
+    ``[min xyz, max xyz]``). Files are written atomically, images streamed (as
+    ``synthetic.write_split``). Returns the split folder.
+    """
+    _check_rgbd_split(split)
+    root = Path(out_dir) / split
+    cat_id = {n: k + 1 for k, n in enumerate(RGBD_CATEGORIES)}
+    coco = _coco_header(split, seed, RGBD_CATEGORIES, "synthetic RGB-D solids")
+    gt3d: list[dict[str, Any]] = []
+    it: Any = _split_scenes(split, num_images, seed, (int(size[0]), int(size[1])))
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            pass
+        else:
+            it = bar = tqdm(it, total=num_images, desc=f"rgbd {split}", unit="img")
+    ann_id = 0
+    for index, scene in enumerate(it):
+        image_id = index + 1
+        name = f"{split}_{image_id:06d}.png"
+        atomic_write_bytes(root / "images" / name, _png_bytes(scene.image))
+        atomic_write_bytes(root / "depth" / name, _png_bytes(scene.depth_mm))
+        cam = scene.camera
+        coco["images"].append(
+            {"id": image_id, "file_name": name, "height": cam.height, "width": cam.width}
+        )
+        per_ann = {}
+        for o in scene.objects:
+            if o.area == 0:
+                continue
+            ann_id += 1
+            x0, y0, x1, y1 = o.box
+            coco["annotations"].append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": cat_id[o.name],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": int(o.area),
+                    "iscrowd": 0,
+                    "segmentation": encode_rle(o.mask),
+                }
+            )
+            per_ann[str(ann_id)] = {
+                "name": o.name,
+                "center": _floats(o.center),
+                "box3d": [_floats(o.box3d[0]), _floats(o.box3d[1])],
+                "distance": round(o.distance, 6),
+                "visible_fraction": round(o.visible_fraction, 6),
+            }
+        gt3d.append(
+            {
+                "image_id": image_id,
+                "file_name": name,
+                "camera": {k: getattr(cam, k) for k in ("fx", "fy", "cx", "cy", "width", "height")},
+                "camera_height": scene.camera_height,
+                "pitch": scene.pitch,
+                "annotations": per_ann,
+            }
+        )
+    if bar is not None:
+        bar.close()
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(root / "gt3d.json", json.dumps({"images": gt3d}).encode())
+    atomic_write_bytes(root / "annotations.json", json.dumps(coco).encode())
+    return root
+
+
+def _rgbd_split_files(data: Path) -> list[Path]:
+    """annotations.json, gt3d.json, then the images and depth PNGs annotations.json lists."""
+    ann, gt3d = data / "annotations.json", data / "gt3d.json"
+    json.loads(gt3d.read_bytes())
+    names = [r["file_name"] for r in json.loads(ann.read_bytes())["images"]]
+    return [ann, gt3d, *(data / d / n for d in ("images", "depth") for n in names)]
+
+
+def cached_rgbd_split(
+    split: str,
+    num_images: int,
+    seed: int = 0,
+    size: tuple[int, int] = (480, 640),
+    progress: bool = True,
+    root: str | os.PathLike | None = None,
+):
+    """The split as a ``CocoDataset`` (RGB + masks; depth and ``gt3d.json`` beside them),
+    generated once under ``$MOBIUS_CACHE/rgbd`` (or ``root``) and reused after.
+
+    As ``synthetic.cached_split``: the ``complete`` record, written last, lists every file's
+    size and SHA-256, so an interrupted generation is never taken as complete (it is made
+    again) and a damaged file is regenerated with one warning.
+    """
+    from ..cache import Damaged, ensure_entry
+    from ..cache import cache_root as mobius_cache
+    from .coco import CocoDataset
+
+    _check_rgbd_split(split)
+    folder = Path(root) if root is not None else mobius_cache() / "rgbd"
+    folder = folder / f"{split}-n{num_images}-s{seed}-{size[0]}x{size[1]}"
+    marker = folder / "complete"
+    data = folder / split
+
+    def make() -> list[Path]:
+        write_rgbd_split(folder, split, num_images, seed, size, progress=progress)
+        return _rgbd_split_files(data)
+
+    def adopt() -> list[Path] | None:
+        if not marker.is_file():
+            return None
+        try:
+            return _rgbd_split_files(data)
+        except Exception as exc:
+            raise Damaged(f"{data} cannot be read ({str(exc)[:200]})") from exc
+
+    fix = "pass a writable root" if root is not None else "set MOBIUS_CACHE to a writable folder"
+    ensure_entry(marker, make, adopt, "cached rgbd split", "generating it again", fix)
+    return CocoDataset(data / "annotations.json", data / "images")

@@ -548,11 +548,15 @@ def _iter_split(split: str, num_images: int, seed: int, size: tuple[int, int]):
         yield record, image, anns, refs
 
 
-def _coco_header(split: str, seed: int) -> dict[str, Any]:
+def _coco_header(
+    split: str, seed: int, names: Sequence[str] | None = None, world: str = "synthetic shapes"
+) -> dict[str, Any]:
+    """An empty COCO instances dict; categories ``names`` (default: the split's) get ids 1..N."""
+    names = categories(split) if names is None else names
     return {
-        "info": {"description": f"MOBIUS synthetic shapes, split {split}, seed {seed}"},
+        "info": {"description": f"MOBIUS {world}, split {split}, seed {seed}"},
         "licenses": [],
-        "categories": [{"id": k + 1, "name": n} for k, n in enumerate(categories(split))],
+        "categories": [{"id": k + 1, "name": n} for k, n in enumerate(names)],
         "images": [],
         "annotations": [],
     }

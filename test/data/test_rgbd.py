@@ -227,3 +227,42 @@ def test_solids_render_alone():
         rgbd.render_single("pyramid", "red", (0, 0, 2), 0.3)
     with pytest.raises(ValueError):
         rgbd.render_single("cube", "teal", (0, 0, 2), 0.3)
+
+
+def test_written_split_loads_as_coco_and_matches_scenes(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from mobius_core.data.coco import CocoDataset
+
+    size = (120, 160)
+    ds = rgbd.cached_rgbd_split("val", 3, seed=2, size=size, progress=False, root=tmp_path)
+    assert list(ds.prompts) == list(rgbd.RGBD_CATEGORIES) and len(ds.prompts) == 32
+    folder = ds.ann_file.parent
+    assert (folder.parent / "complete").is_file()
+    again = CocoDataset(folder / "annotations.json", folder / "images")  # what --data loads
+    gt3d = json.loads((folder / "gt3d.json").read_text())["images"]
+    for k, scene in enumerate(rgbd.rgbd_scenes(3, seed=2, size=size)):  # val = rgbd_scenes
+        sample = again[k]
+        np.testing.assert_array_equal(sample.image, scene.image)
+        depth = np.asarray(Image.open(folder / "depth" / sample.file_name))
+        np.testing.assert_array_equal(depth, scene.depth_mm)
+        assert [ds.prompts[i] for i in sample.labels] == scene.names
+        np.testing.assert_array_equal(sample.masks, np.stack([o.mask for o in scene.objects]))
+        np.testing.assert_allclose(sample.boxes, [o.box for o in scene.objects])
+        rec = gt3d[k]
+        assert rec["camera"]["fx"] == pytest.approx(scene.camera.fx)
+        for ann_id, o in zip(sample.ann_ids, scene.objects):
+            g = rec["annotations"][str(int(ann_id))]
+            assert g["name"] == o.name
+            np.testing.assert_allclose(g["center"], o.center, atol=1e-5)
+            np.testing.assert_allclose(g["box3d"], o.box3d, atol=1e-5)
+            assert g["visible_fraction"] == pytest.approx(o.visible_fraction, abs=1e-5)
+    # train never renders a val scene
+    train = rgbd.write_rgbd_split(tmp_path / "t", "train", 3, seed=2, size=size)
+    for k in range(3):
+        train_image = np.asarray(Image.open(train / "images" / f"train_{k + 1:06d}.png"))
+        assert not np.array_equal(train_image, again[k].image)
+    with pytest.raises(ValueError, match="train, val"):
+        rgbd.write_rgbd_split(tmp_path, "val_unseen", 1)
