@@ -1,7 +1,9 @@
 """rosbag2 files with the pure-Python ``rosbags`` package (no ROS installation needed).
 
 ``make_bag`` writes synthetic-benchmark frames as a bag plus COCO ground truth keyed by the
-message timestamp; ``read_frames`` reads the images of one topic from any bag, tolerating
+message timestamp (``rgbd=True``: the synthetic RGB-D world, with registered depth, its
+intrinsics and 3D ground truth); ``read_messages`` reads the messages of one topic, and
+``read_frames`` the images of one topic, from any bag, tolerating
 what real recordings contain (other message types on the topic, undecodable messages,
 out-of-order stamps, a storage file cut short or a recorder killed before it wrote
 metadata.yaml: read up to the damage) and saying what it skipped; ``BagRecorder`` writes
@@ -29,6 +31,7 @@ from .conversions import ImageError, compressed_to_rgb, image_to_rgb
 
 IMAGE_TOPIC = "/camera/image_raw"
 INFO_TOPIC = "/camera/camera_info"
+DEPTH_TOPIC = "/camera/depth/image_raw"
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 MSG_NAMES = ("Instance", "InstanceArray")
 
@@ -65,57 +68,142 @@ def typestore():
 
 def make_bag(
     out: str | Path, split: str = "val", frames: int = 20, seed: int = 0,
-    size: tuple[int, int] = (320, 320), fps: float = 10.0, storage: str = "mcap",
+    size: tuple[int, int] | None = None, fps: float = 10.0, storage: str = "mcap",
+    rgbd: bool = False,
 ) -> tuple[Path, Path]:  # fmt: skip
     """Write ``out/bag`` (``/camera/image_raw`` rgb8 + ``/camera/camera_info``) and
-    ``out/gt.json`` (COCO; each image carries ``timestamp_ns``, its message's time)."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
+    ``out/gt.json`` (COCO; each image carries ``timestamp_ns``, its message's time).
 
-    from mobius_core.data.synthetic import generate_split
+    ``size`` (H, W): default 320x320, with ``rgbd`` 480x640. ``rgbd``: the scenes of the
+    synthetic RGB-D world (``rgbd_scenes(frames, seed, size)``; ``split`` must be ``val``)
+    instead of the 2D benchmark, with ``/camera/depth/image_raw`` (16UC1 millimetres,
+    registered to the image, the same stamps), the scenes' own intrinsics in camera_info,
+    and per annotation ``center_3d``, ``box3d`` ([min xyz, max xyz]), ``distance`` (metres,
+    optical frame) and ``visible_fraction``."""
+    from rosbags.rosbag2 import StoragePlugin
 
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}.get(storage)
     if plugin is None:
         raise ValueError(f"storage {storage!r}: use mcap or sqlite3")
+    if rgbd and split != "val":
+        raise ValueError(f"split {split!r}: the RGB-D bag takes the scenes of rgbd_scenes "
+                         "(split val); choose them with seed")  # fmt: skip
     out = Path(out)
     bag = out / "bag"
     if bag.exists():
         raise FileExistsError(f"{bag} exists; remove it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    data = generate_split(split, frames, seed, size)
+    if rgbd:
+        coco = _rgbd_coco_header(seed)
+        items = _rgbd_items(coco, frames, seed, tuple(size or (480, 640)))
+    else:
+        from mobius_core.data.synthetic import generate_split
+
+        data = generate_split(split, frames, seed, tuple(size or (320, 320)))
+        coco = data["coco"]
+        items = ((rec, data["images"][rec["id"]], None, None) for rec in coco["images"])
+    _write_bag(bag, plugin, items, fps, depth=rgbd)
+    gt = out / "gt.json"
+    atomic_write_bytes(gt, json.dumps(coco).encode())
+    return bag, gt
+
+
+def _write_bag(bag: Path, plugin, items, fps: float, depth: bool) -> None:
+    """The frames of ``items`` ((COCO image record, RGB, depth mm or None, Intrinsics or
+    None)) as a bag at ``fps``; each record gets its ``timestamp_ns``. Without intrinsics
+    camera_info has a plausible pinhole camera (focal length 0.8 x width)."""
+    from rosbags.rosbag2 import Writer
+
     ts = typestore()
     Image = ts.types["sensor_msgs/msg/Image"]
     CameraInfo = ts.types["sensor_msgs/msg/CameraInfo"]
     Header = ts.types["std_msgs/msg/Header"]
     Time = ts.types["builtin_interfaces/msg/Time"]
+    Roi = ts.types["sensor_msgs/msg/RegionOfInterest"]
     t0 = 1_700_000_000 * 10**9
-    coco = data["coco"]
     with Writer(bag, version=9, storage_plugin=plugin) as writer:
         img_conn = writer.add_connection(IMAGE_TOPIC, Image.__msgtype__, typestore=ts)
         info_conn = writer.add_connection(INFO_TOPIC, CameraInfo.__msgtype__, typestore=ts)
-        for k, record in enumerate(coco["images"]):
+        if depth:
+            depth_conn = writer.add_connection(DEPTH_TOPIC, Image.__msgtype__, typestore=ts)
+        for k, (record, rgb, depth_mm, camera) in enumerate(items):
             t = t0 + int(k * 1e9 / fps)
             record["timestamp_ns"] = t
-            rgb = data["images"][record["id"]]
             h, w = rgb.shape[:2]
             header = Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9), frame_id="camera")
             msg = Image(header=header, height=h, width=w, encoding="rgb8", is_bigendian=0,
                         step=3 * w, data=np.ascontiguousarray(rgb).reshape(-1))  # fmt: skip
             writer.write(img_conn, t, ts.serialize_cdr(msg, Image.__msgtype__))
-            f = 0.8 * w
+            if depth_mm is not None:
+                dh, dw = depth_mm.shape
+                raw = np.ascontiguousarray(depth_mm, "<u2").view(np.uint8).reshape(-1)
+                msg = Image(header=header, height=dh, width=dw, encoding="16UC1",
+                            is_bigendian=0, step=2 * dw, data=raw)  # fmt: skip
+                writer.write(depth_conn, t, ts.serialize_cdr(msg, Image.__msgtype__))
+            if camera is None:
+                fx = fy = 0.8 * w
+                cx, cy = w / 2, h / 2
+            else:
+                fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
             info = CameraInfo(
                 header=header, height=h, width=w, distortion_model="plumb_bob",
-                d=np.zeros(5), k=np.array([f, 0, w / 2, 0, f, h / 2, 0, 0, 1.0]),
-                r=np.eye(3).reshape(-1), p=np.array([f, 0, w / 2, 0, 0, f, h / 2, 0, 0, 0, 1, 0.0]),
+                d=np.zeros(5), k=np.array([fx, 0, cx, 0, fy, cy, 0, 0, 1.0]),
+                r=np.eye(3).reshape(-1), p=np.array([fx, 0, cx, 0, 0, fy, cy, 0, 0, 0, 1, 0.0]),
                 binning_x=0, binning_y=0,
-                roi=ts.types["sensor_msgs/msg/RegionOfInterest"](
-                    x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+                roi=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
             )  # fmt: skip
             writer.write(info_conn, t, ts.serialize_cdr(info, CameraInfo.__msgtype__))
-    gt = out / "gt.json"
-    atomic_write_bytes(gt, json.dumps(coco).encode())
-    return bag, gt
+
+
+def rgbd_categories() -> list[str]:
+    """The names of the RGB-D world's objects, "<colour> <solid>", in a fixed order."""
+    from mobius_core.data.rgbd import SOLIDS
+    from mobius_core.data.synthetic import COLOURS
+
+    return [f"{c} {s}" for c in COLOURS for s in SOLIDS]
+
+
+def _rgbd_coco_header(seed: int) -> dict[str, Any]:
+    return {
+        "info": {"description": f"MOBIUS synthetic RGB-D solids (rgbd_scenes), seed {seed}"},
+        "licenses": [],
+        "categories": [{"id": k + 1, "name": n} for k, n in enumerate(rgbd_categories())],
+        "images": [],
+        "annotations": [],
+    }
+
+
+def _rgbd_items(coco: dict[str, Any], frames: int, seed: int, size: tuple[int, int]):
+    """(record, RGB, depth mm, intrinsics) per scene, filling ``coco`` as it goes: visible
+    objects only, masks as COCO RLE, with their 3D ground truth."""
+    from mobius_core.data.rgbd import rgbd_scenes
+    from mobius_core.rle import encode_rle
+
+    def floats(a) -> list[float]:
+        return [round(float(v), 6) for v in np.ravel(a)]
+
+    cat_id = {c["name"]: c["id"] for c in coco["categories"]}
+    ann_id = 0
+    for k, scene in enumerate(rgbd_scenes(frames, seed, (int(size[0]), int(size[1])))):
+        h, w = scene.image.shape[:2]
+        record = {"id": k + 1, "file_name": f"rgbd_{k + 1:06d}", "height": h, "width": w}
+        coco["images"].append(record)
+        for o in scene.objects:
+            if o.area == 0:
+                continue
+            ann_id += 1
+            x0, y0, x1, y1 = (float(v) for v in o.box)
+            coco["annotations"].append({
+                "id": ann_id, "image_id": record["id"], "category_id": cat_id[o.name],
+                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(o.area), "iscrowd": 0,
+                "segmentation": encode_rle(o.mask), "center_3d": floats(o.center),
+                "box3d": [floats(o.box3d[0]), floats(o.box3d[1])],
+                "distance": round(float(o.distance), 6),
+                "visible_fraction": round(float(o.visible_fraction), 6),
+            })  # fmt: skip
+        yield record, scene.image, scene.depth_mm, scene.camera
 
 
 @dataclass
@@ -206,11 +294,29 @@ def _rosbags_messages(reader, topic: str, report: ReadReport):
         reader.close()
 
 
-def read_frames(bag: str | Path, topic: str, report: ReadReport) -> Iterator[Frame]:
-    """The images on ``topic`` in bag order; problems go to ``report``. A bag rosbags
-    cannot open (cut short, corrupt, no metadata.yaml) is read up to the damage, which
-    ``report.damage`` describes; ValueError naming the file and the damage only when not
-    one message of ``topic`` can be read from it."""
+@dataclass
+class BagMessage:
+    """One message of a topic as :func:`read_messages` yields it."""
+
+    index: int  # position among the messages of its topic that were read
+    timestamp_ns: int  # the bag's receive time
+    stamp_ns: int  # header stamp
+    msgtype: str
+    raw: bytes  # CDR, as recorded (``rclpy.serialization.deserialize_message`` reads it)
+    msg: Any  # deserialised by rosbags
+    value: Any = None  # what ``convert`` made of it
+
+
+def read_messages(
+    bag: str | Path, topic: str, report: ReadReport, msgtypes: tuple[str, ...] | None = None,
+    convert=None, what: str = "a message of the expected type",
+) -> Iterator[BagMessage]:  # fmt: skip
+    """The messages of ``topic`` in bag order, deserialised; problems go to ``report``.
+    ``msgtypes``: the types taken (others are skipped, counted and noted as not ``what``);
+    ``convert(msgtype, msg)`` fills ``value`` (a ValueError, ImageError, ... skips the
+    message as corrupt). A bag rosbags cannot open (cut short, corrupt, no metadata.yaml)
+    is read up to the damage, which ``report.damage`` describes; ValueError naming the
+    file and the damage only when not one message of ``topic`` can be read from it."""
     check_topic(bag, topic)
     ts = typestore()
     last = -1
@@ -223,27 +329,24 @@ def read_frames(bag: str | Path, topic: str, report: ReadReport) -> Iterator[Fra
     seen = 0
     for msgtype, t, raw in messages:
         seen += 1
-        if msgtype not in IMAGE_TYPES:
+        if msgtypes is not None and msgtype not in msgtypes:
             report.skipped_type += 1
-            report.note(f"{msgtype} on {topic} at {t}: not an image, skipped")
+            report.note(f"{msgtype} on {topic} at {t}: not {what}, skipped")
             continue
         try:
             msg = ts.deserialize_cdr(raw, msgtype)
-            if msgtype.endswith("CompressedImage"):
-                rgb = compressed_to_rgb(msg.format, bytes(msg.data))
-            else:
-                rgb = image_to_rgb(msg.encoding, msg.height, msg.width, msg.step,
-                                   np.asarray(msg.data).tobytes())  # fmt: skip
-        except (ImageError, ValueError, AssertionError, IndexError, KeyError) as exc:
+            value = convert(msgtype, msg) if convert is not None else None
+            stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        except (ImageError, ValueError, AssertionError, IndexError, KeyError,
+                AttributeError) as exc:  # fmt: skip
             report.skipped_corrupt += 1
             report.note(f"message at {t} cannot be used: {exc}")
             continue
-        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
         if stamp < last:
             report.out_of_order += 1
-            report.note(f"header stamp {stamp} at {t} is older than the frame before")
+            report.note(f"header stamp {stamp} at {t} is older than the message before")
         last = max(last, stamp)
-        yield Frame(report.frames, t, stamp, rgb)
+        yield BagMessage(report.frames, t, stamp, msgtype, bytes(raw), msg, value)
         report.frames += 1
     if report.listed and seen < report.listed:  # records lost to the damage
         lost = report.listed - seen
@@ -258,6 +361,19 @@ def read_frames(bag: str | Path, topic: str, report: ReadReport) -> Iterator[Fra
             f"cannot read any message of {topic} from {bag}: "
             + ("; ".join(report.damage) or "the bag's storage files cannot be read")
         )
+
+
+def _image_rgb(msgtype: str, msg: Any) -> np.ndarray:
+    if msgtype.endswith("CompressedImage"):
+        return compressed_to_rgb(msg.format, bytes(msg.data))
+    return image_to_rgb(msg.encoding, msg.height, msg.width, msg.step,
+                        np.asarray(msg.data).tobytes())  # fmt: skip
+
+
+def read_frames(bag: str | Path, topic: str, report: ReadReport) -> Iterator[Frame]:
+    """The images on ``topic`` in bag order (:func:`read_messages`, decoded to RGB)."""
+    for m in read_messages(bag, topic, report, IMAGE_TYPES, _image_rgb, "an image"):
+        yield Frame(m.index, m.timestamp_ns, m.stamp_ns, m.value)
 
 
 # Reading damaged bags. rosbags refuses an MCAP file without its footer (cut short, or

@@ -6,8 +6,13 @@ mobius-ros demo [--out demo_out] [--seconds 10]
 mobius-ros bundle [--config shapes_tiny] [--size N] [--no-visual]
   (export the shipped model's ONNX bundle into the cache once, so the node starts
   without torch; as `python -m mobius_core.bundle`)
-mobius-ros make-bag --out DIR [--frames 20] [--storage mcap|sqlite3]
+mobius-ros make-bag --out DIR [--frames 20] [--storage mcap|sqlite3] [--rgbd]
+  (--rgbd: the synthetic RGB-D world at 640x480 with /camera/depth/image_raw and the
+  scenes' intrinsics, and 3D ground truth per annotation)
 mobius-ros replay BAG [--gt gt.json] [--rate 1.0|max] [--out replay_out]
+  [--depth-topic auto|TOPIC|none] [--camera-info-topic /camera/camera_info]
+  (with a depth topic the node runs with use_depth; with 3D ground truth the report
+  gains a "3d" section)
   (exit status: 0 done, 2 refused with the reason, 130/143 stopped by SIGINT/SIGTERM
   with a partial report)
 """
@@ -84,10 +89,22 @@ def main(argv: list[str] | None = None) -> int:
     bag.add_argument("--split", default="val", choices=["train", "val", "val_unseen"])
     bag.add_argument("--frames", type=int, default=20)
     bag.add_argument("--seed", type=int, default=0)
-    bag.add_argument("--size", type=int, nargs=2, default=[320, 320], metavar=("H", "W"))
+    bag.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="default 320 320, with --rgbd 480 640",
+    )
     bag.add_argument("--fps", type=float, default=10.0, help="recorded frame rate")
     bag.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
     bag.add_argument("--out", type=Path, required=True)
+    bag.add_argument(
+        "--rgbd",
+        action="store_true",
+        help="RGB-D scenes (rgbd_scenes) with depth and 3D ground truth",
+    )
     rep = sub.add_parser("replay", help="replay a bag through the node and report")
     rep.add_argument("bag", type=Path)
     rep.add_argument("--image-topic", default="/camera/image_raw")
@@ -97,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--out", type=Path, default=Path("replay_out"))
     rep.add_argument("--target-fps", type=float, default=0.0)
     rep.add_argument("--domain-id", type=int, default=None)
+    rep.add_argument(
+        "--depth-topic",
+        default="auto",
+        help="registered depth image topic; auto: /camera/depth/image_raw where the "
+        "bag has it; none: 2D only",
+    )
+    rep.add_argument("--camera-info-topic", default="/camera/camera_info")
     args, ros_args = parser.parse_known_args(argv)
     if args.cmd == "camera":
         return _camera(args, ros_args)
@@ -104,12 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         from .bags import make_bag
 
         try:
-            bag_path, gt = make_bag(args.out, args.split, args.frames, args.seed,
-                                    tuple(args.size), args.fps, args.storage)  # fmt: skip
+            size = tuple(args.size) if args.size else None
+            bag_path, gt = make_bag(args.out, args.split, args.frames, args.seed, size,
+                                    args.fps, args.storage, rgbd=args.rgbd)  # fmt: skip
         except (ValueError, FileExistsError) as exc:
             print(f"mobius-ros make-bag: {exc}", file=sys.stderr)
             return 2
-        print(f"bag: {bag_path} ({args.frames} frames on /camera/image_raw); ground truth: {gt}")
+        topics = "/camera/image_raw" + (", /camera/depth/image_raw" if args.rgbd else "")
+        print(
+            f"bag: {bag_path} ({args.frames} frames on {topics}, /camera/camera_info); "
+            f"ground truth: {gt}"
+        )
         return 0
     if args.cmd == "replay":
         import signal
@@ -123,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
             report = run_replay(args.bag, args.image_topic, args.out, parse_rate(args.rate),
                                 prompts, args.gt, {"target_fps": str(args.target_fps)},
-                                args.domain_id, progress=progress)  # fmt: skip
+                                args.domain_id, progress=progress,
+                                depth_topic=args.depth_topic,
+                                info_topic=args.camera_info_topic)  # fmt: skip
         except (ValueError, OSError, RuntimeError) as exc:
             print(f"mobius-ros replay: {exc}", file=sys.stderr)
             return 2
@@ -131,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             print("mobius-ros replay: interrupted before the replay began", file=sys.stderr)
             return 128 + int(signal.SIGINT)
         keys = ("frames", "outputs", "dropped", "fps", "latency_p50_ms", "latency_p95_ms",
-                "mask_ap")  # fmt: skip
+                "mask_ap", "3d")  # fmt: skip
         print(json.dumps({k: report[k] for k in keys if k in report}))
         print(f"report: {args.out / 'report.md'}")
         if report["interrupted"]:  # exit status 128 + the signal, as a shell reports it

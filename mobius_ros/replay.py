@@ -10,6 +10,11 @@ achieved FPS, dropped frames, kept queries and the budget's settings over time, 
 skipped in the bag and why, and with ground truth (COCO json whose images carry
 ``timestamp_ns``) box and mask AP through the same evaluator as ``mobius eval``.
 
+A bag with a registered depth topic (``/camera/depth/image_raw``, or ``--depth-topic``)
+and camera_info is replayed with ``use_depth``: each image goes out with the depth and
+camera_info nearest its stamp, under its header; with 3D ground truth (annotations with
+``center_3d``, as ``make-bag --rgbd`` writes) the report gains a "3d" section.
+
 The report is written when the node is up, again every few seconds while frames go out,
 and at the end, each time atomically; until the end it says it is partial and how many
 frames are done. SIGINT or SIGTERM stops the replay cleanly: the node is stopped, the bag
@@ -35,7 +40,17 @@ import numpy as np
 
 from mobius_core.atomic import atomic_write_bytes
 
-from .bags import BagRecorder, ReadReport, check_topic, msg_dir, read_frames
+from .bags import (
+    DEPTH_TOPIC,
+    INFO_TOPIC,
+    BagRecorder,
+    ReadReport,
+    bag_topics,
+    check_topic,
+    msg_dir,
+    read_frames,
+    read_messages,
+)
 from .harness import Harness, ros_list, source_root, start_node
 from .lifetime import PARENT_ENV
 from .localenv import use_local_ros_env
@@ -90,6 +105,160 @@ def outputs_to_coco(msg: Any, image_id: int, cat_ids: list[int]) -> list[dict[st
 
 INSTANCES_TOPIC = "/mobius/instances"
 INSTANCES_TYPE = "mobius_ros/msg/InstanceArray"
+DEPTH_TYPE, INFO_TYPE = "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo"
+
+
+def depth_topics(bag: str | Path, depth_topic: str | None = "auto",
+                 info_topic: str = INFO_TOPIC) -> tuple[str, str] | None:  # fmt: skip
+    """(depth topic, camera_info topic) to replay with the images, or None for 2D only.
+    ``depth_topic``: ``"auto"`` takes ``/camera/depth/image_raw`` where the bag has it;
+    None, ``""`` or ``"none"``: no depth. ValueError naming what is there when a topic
+    asked for (or the camera_info that depth needs) is missing or of another type."""
+    if depth_topic in (None, "", "none"):
+        return None
+    topics = bag_topics(bag)
+    if depth_topic == "auto":
+        if DEPTH_TOPIC not in topics:
+            return None
+        depth_topic = DEPTH_TOPIC
+    for topic, want, what in ((depth_topic, DEPTH_TYPE, "--depth-topic"),
+                              (info_topic, INFO_TYPE, "--camera-info-topic")):  # fmt: skip
+        if topics.get(topic) != want:
+            have = sorted(t for t, m in topics.items() if m == want)
+            found = f"it is {topics[topic]}" if topic in topics else "it is not in the bag"
+            raise ValueError(f"{what} {topic!r}: replay with depth needs a {want} topic; "
+                             f"{found} ({want} topics there: {have or 'none'})")  # fmt: skip
+    return depth_topic, info_topic
+
+
+class StampMatcher:
+    """The message of one stream (:class:`bags.BagMessage`, in bag order) whose header stamp
+    is nearest a given stamp, reading the stream only as far as that needs; ``None`` when
+    the nearest is more than ``max_offset_ns`` away (None: any distance, e.g. a
+    camera_info recorded seldom)."""
+
+    def __init__(self, messages, max_offset_ns: int | None = None, keep: int = 100) -> None:
+        self.it, self.max_offset_ns, self.keep = iter(messages), max_offset_ns, keep
+        self.buf: list[Any] = []
+        self.done = False
+
+    def take(self, stamp_ns: int):
+        while not self.done and (not self.buf or self.buf[-1].stamp_ns < stamp_ns):
+            m = next(self.it, None)
+            if m is None:
+                self.done = True
+            else:
+                self.buf = [*self.buf[-(self.keep - 1) :], m]
+        if not self.buf:
+            return None
+        best = min(self.buf, key=lambda m: abs(m.stamp_ns - stamp_ns))
+        self.buf = [m for m in self.buf if m.stamp_ns >= best.stamp_ns]  # the older are done
+        if self.max_offset_ns is not None and abs(best.stamp_ns - stamp_ns) > self.max_offset_ns:
+            return None
+        return best
+
+    def close(self) -> None:
+        close = getattr(self.it, "close", None)
+        if close is not None:
+            close()
+
+
+# --- 3D against ground truth ----------------------------------------------------------------
+
+IOU_MIN, VISIBLE_MIN = 0.5, 0.9
+
+
+def iou_3d(center, size, box3d) -> float:
+    """IoU of the axis-aligned boxes ``center +- size/2`` and ``box3d`` ((2, 3) min, max)."""
+    center, size, box3d = (np.asarray(a, float) for a in (center, size, box3d))
+    lo, hi = center - size / 2, center + size / 2
+    inter = np.prod(np.clip(np.minimum(hi, box3d[1]) - np.maximum(lo, box3d[0]), 0, None))
+    union = np.prod(size) + np.prod(box3d[1] - box3d[0]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def match_3d(gt_objects: list[dict[str, Any]], instances: list[dict[str, Any]],
+             iou_min: float = IOU_MIN) -> list[dict[str, Any]]:  # fmt: skip
+    """Per ground-truth object of one frame (dicts: ``label``, ``mask`` bool [H, W],
+    ``center_3d``, ``box3d``, ``distance``, ``visible_fraction``), the node's instance of the
+    same label (dicts: ``label``, ``mask``, ``has_3d``, ``center``, ``size``) with the
+    highest mask IoU, if that is >= ``iou_min``; a row per object: ``matched``,
+    ``mask_iou``, ``has_3d``, and with 3D ``error`` (m), ``rel_error`` (share of the
+    distance) and ``iou3d``."""
+    rows = []
+    for g in gt_objects:
+        best, best_iou = None, 0.0
+        gm = np.asarray(g["mask"], bool)
+        for inst in instances:
+            if inst["label"] != g["label"]:
+                continue
+            m = np.asarray(inst["mask"], bool)
+            if m.shape != gm.shape:
+                continue
+            union = np.count_nonzero(m | gm)
+            iou = np.count_nonzero(m & gm) / union if union else 0.0
+            if iou > best_iou:
+                best, best_iou = inst, iou
+        row: dict[str, Any] = {
+            "label": g["label"], "visible_fraction": float(g["visible_fraction"]),
+            "matched": best is not None and best_iou >= iou_min,
+            "mask_iou": round(float(best_iou), 4), "has_3d": False,
+        }  # fmt: skip
+        if row["matched"] and best["has_3d"]:
+            c = np.asarray(best["center"], float)
+            err = float(np.linalg.norm(c - np.asarray(g["center_3d"], float)))
+            row.update(has_3d=True, error=err, rel_error=err / float(g["distance"]),
+                       iou3d=iou_3d(c, best["size"], g["box3d"]))  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def summarise_3d(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and shares of :func:`match_3d` rows; centre error median / p90 (m and as a
+    share of the distance) and the median 3D IoU over the matched ones with 3D (None where
+    there are none)."""
+    matched = [r for r in rows if r["matched"]]
+    got = [r for r in matched if r["has_3d"]]
+
+    def pct(key: str, q: float) -> float | None:
+        return float(np.percentile([r[key] for r in got], q)) if got else None
+
+    return {
+        "gt_objects": len(rows), "matched": len(matched),
+        "matched_share": len(matched) / len(rows) if rows else None,
+        "with_3d": len(got), "with_3d_share": len(got) / len(matched) if matched else None,
+        "centre_error_m_median": pct("error", 50), "centre_error_m_p90": pct("error", 90),
+        "centre_error_rel_median": pct("rel_error", 50),
+        "centre_error_rel_p90": pct("rel_error", 90), "iou3d_median": pct("iou3d", 50),
+    }  # fmt: skip
+
+
+def _frame_3d_rows(msg: Any, gt_objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """match_3d of one InstanceArray against its frame's gt annotations (COCO dicts)."""
+    from mobius_core.rle import decode_rle
+
+    labels = {a["label"] for a in gt_objects}
+    instances = [
+        {"label": i.label, "has_3d": bool(i.has_3d),
+         "center": [i.center_3d.x, i.center_3d.y, i.center_3d.z],
+         "size": [i.size_3d.x, i.size_3d.y, i.size_3d.z],
+         "mask": decode_rle({"size": [i.mask_height, i.mask_width],
+                             "counts": list(i.mask_rle_counts)})}
+        for i in msg.instances if i.label in labels  # only those that can match
+    ]  # fmt: skip
+    gts = [{**a, "mask": decode_rle(a["segmentation"])} for a in gt_objects]
+    return match_3d(gts, instances)
+
+
+def _depth_step_ms(diag: list[Any]) -> float | None:
+    """The node's mean 3D step time per frame (diagnostics ``depth_step_ms``), newest."""
+    for d in reversed(diag):
+        for st in d.status:
+            for kv in st.values:
+                if kv.key == "depth_step_ms":
+                    with contextlib.suppress(ValueError):
+                        return float(kv.value)
+    return None
 
 
 class Interrupted(BaseException):
@@ -156,6 +325,35 @@ class _Replay:
         self.node_pid: int | None = None
         self.every, self.next_write = report_every_s, 0.0
         self.progress = progress
+        self.depth: dict[str, Any] | None = None  # topics and counts, replaying with depth
+        self.depth_read = ReadReport()
+        self.rows_3d: dict[int, list[dict[str, Any]]] = {}  # frame index -> match_3d rows
+        self.matchers: list[StampMatcher] = []  # depth, camera_info
+
+    def depth_for(self, stamp_ns: int, shape: tuple[int, int]) -> tuple[Any, Any]:
+        """(depth Image, CameraInfo) for the image at ``stamp_ns``: the bag's nearest (the
+        depth within ``depth_max_offset_s``); where there is no such depth, an empty one
+        (no depth anywhere: the frame goes through in 2D, its instances without 3D)."""
+        from rclpy.serialization import deserialize_message
+        from sensor_msgs.msg import CameraInfo, Image
+
+        d, i = self.matchers[0].take(stamp_ns), self.matchers[1].take(stamp_ns)
+        depth = info = None
+        with contextlib.suppress(Exception):  # a message rclpy cannot read: as if absent
+            depth = deserialize_message(d.raw, Image) if d is not None else None
+        with contextlib.suppress(Exception):
+            info = deserialize_message(i.raw, CameraInfo) if i is not None else None
+        if depth is None:
+            self.depth["frames_without_depth"] += 1
+            h, w = shape
+            depth = Image(height=h, width=w, encoding="16UC1", step=2 * w,
+                          data=bytes(2 * h * w))  # fmt: skip
+        else:
+            self.depth["frames_with_depth"] += 1
+        if info is None:  # no calibration: the node says so and skips the 3D
+            self.depth["frames_without_camera_info"] += 1
+            info = CameraInfo(width=shape[1], height=shape[0])
+        return depth, info
 
     def record_new(self) -> None:
         """Write the results that arrived since the last call to the output bag."""
@@ -177,7 +375,8 @@ class _Replay:
         instances = self.h.instances if self.h is not None else {}
         diag = self.h.diag if self.h is not None else []
         report = _report(self.sent, instances, diag, self.frames_meta, self.read, self.gt,
-                         self.prompts, self.rate, self.status, final)  # fmt: skip
+                         self.prompts, self.rate, self.status, final, self.depth,
+                         self.rows_3d)  # fmt: skip
         report["node_pid"] = self.node_pid
         atomic_write_bytes(self.out / "report.json", json.dumps(report, indent=2).encode())
         _write_page(self.out, report)
@@ -205,10 +404,18 @@ def run_replay(
     prompts: list[str] | None = None, gt_path: str | Path | None = None,
     node_params: dict[str, str] | None = None, domain_id: int | None = None,
     timeout_s: float = 20.0, report_every_s: float = 5.0, progress=None,
+    depth_topic: str | None = "auto", info_topic: str = INFO_TOPIC,
+    depth_max_offset_s: float = 0.05,
 ) -> dict[str, Any]:  # fmt: skip
     """Replay ``bag`` through the node; the final report (``report["interrupted"]`` and
     ``report["signal"]`` say whether SIGINT/SIGTERM cut it short). ``progress``: called with
-    a line of text at each partial report."""
+    a line of text at each partial report.
+
+    Depth (see :func:`depth_topics`; by default where the bag has ``/camera/depth/image_raw``):
+    the node runs with ``use_depth: true`` and each image goes out with the bag's depth
+    image nearest its stamp (within ``depth_max_offset_s``) and camera_info, all three
+    under the image's header. With ground truth whose annotations carry ``center_3d`` the
+    report gets a ``"3d"`` section (see :func:`match_3d`, :func:`summarise_3d`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_readable(bag, image_topic)  # clear errors before the node starts
@@ -224,6 +431,9 @@ def run_replay(
     if not prompts:
         raise ValueError("give --prompts (or --gt, whose category names become the prompts)")
     params = {"prompts": ros_list(prompts)}
+    topics_3d = depth_topics(bag, depth_topic, info_topic)
+    if topics_3d is not None:
+        params["use_depth"] = "true"
     if gt is not None:
         # the AP protocol of `mobius eval`: low threshold, 100 per image, and every label
         # hypothesis of a mask kept (tracking's duplicate suppression would drop the
@@ -236,6 +446,16 @@ def run_replay(
     from rclpy.signals import SignalHandlerOptions
 
     run = _Replay(out, gt, prompts, rate, report_every_s, progress)
+    if topics_3d is not None:
+        run.depth = {"depth_topic": topics_3d[0], "camera_info_topic": topics_3d[1],
+                     "frames_with_depth": 0, "frames_without_depth": 0,
+                     "frames_without_camera_info": 0}  # fmt: skip
+        run.matchers = [
+            StampMatcher(read_messages(bag, topics_3d[0], run.depth_read, (DEPTH_TYPE,),
+                                       what="a depth image"), int(depth_max_offset_s * 1e9)),
+            StampMatcher(read_messages(bag, topics_3d[1], ReadReport(), (INFO_TYPE,),
+                                       what="a camera_info")),
+        ]  # fmt: skip
     proc = None
     with _interruptible() as state:
         try:
@@ -251,7 +471,17 @@ def run_replay(
             run.h = h = Harness("mobius_replay", masks=False)
             if not h.wait_for_node(240):
                 raise RuntimeError(f"the node did not start; see {out / 'node.log'}")
-            h.send(h.image(np.zeros((64, 64, 3), np.uint8)))  # warm-up, not counted
+            warm = h.image(np.zeros((64, 64, 3), np.uint8))  # warm-up, not counted
+            if topics_3d is None:
+                h.send(warm)
+            else:  # the three topics matched once: discovery done on each
+                from mobius_core.geometry3d import Intrinsics
+
+                from .depth import camera_info_msg, depth_image_msg
+
+                camera = Intrinsics(50.0, 50.0, 31.5, 31.5, 64, 64)
+                h.send_rgbd(warm, depth_image_msg(np.zeros((64, 64), np.uint16)),
+                            camera_info_msg(camera))  # fmt: skip
             h.instances.clear()
             with BagRecorder(out / "outputs") as run.rec:
                 run.status = "running"
@@ -263,7 +493,13 @@ def run_replay(
                         t_first = frame.timestamp_ns if t_first is None else t_first
                         due = start + (frame.timestamp_ns - t_first) / 1e9 / rate
                         run.spin(max(0.0, due - time.monotonic()))
+                    if run.matchers:
+                        depth, info = run.depth_for(frame.stamp_ns, frame.rgb.shape[:2])
+                        depth.header = info.header = msg.header
                     run.sent[msg.header.stamp.sec] = (frame.index, time.monotonic())
+                    if run.matchers:
+                        h.pub_info.publish(info)
+                        h.pub_depth.publish(depth)
                     h.pub.publish(msg)
                     if rate is None:  # the next frame once this one is done
                         run.spin(timeout_s, lambda s=msg.header.stamp.sec: s in h.instances)
@@ -282,6 +518,8 @@ def run_replay(
             raise
         finally:
             state["armed"] = False  # stopping is not interrupted
+            for m in run.matchers:
+                m.close()
             if run.h is not None:
                 run.h.close()
             if rclpy.ok():
@@ -300,7 +538,7 @@ def check_readable(bag: str | Path, topic: str) -> None:
 
 
 def _report(sent, instances, diag, frames_meta, read, gt, prompts, rate, status,
-            final) -> dict[str, Any]:  # fmt: skip
+            final, depth=None, rows_3d=None) -> dict[str, Any]:  # fmt: skip
     rows = []  # (frame index, publish, arrival, msg)
     for sec, (index, t_pub) in sent.items():
         if sec in instances:
@@ -335,7 +573,8 @@ def _report(sent, instances, diag, frames_meta, read, gt, prompts, rate, status,
         "per_frame": [
             {"frame": i, "latency_ms": round((ta - tp) * 1e3, 2),
              "arrived_s": round(ta - arrived[0], 4), "instances": len(m.instances),
-             "kept_queries": int(m.kept_queries), "inference_ms": round(float(m.inference_ms), 2)}
+             "kept_queries": int(m.kept_queries), "inference_ms": round(float(m.inference_ms), 2),
+             "with_3d": sum(bool(x.has_3d) for x in m.instances)}
             for i, tp, ta, m in rows
         ],
         "budget": _budget_trace(diag),
@@ -365,7 +604,45 @@ def _report(sent, instances, diag, frames_meta, read, gt, prompts, rate, status,
             report["ap_over"] = "frames read" if final else "frames with results"
         report["gt_images"] = len(sub["images"])
         report["gt_images_with_output"] = len(matched)
+        if any("center_3d" in a for a in gt["annotations"]):
+            report["3d"] = _section_3d(gt, rows, image_ids, replayed, final,
+                                       {} if rows_3d is None else rows_3d, diag)  # fmt: skip
+    if depth is not None:
+        report["depth"] = dict(depth)
+        if "3d" in report:
+            report["3d"].update(depth)
     return report
+
+
+def _section_3d(gt, rows, image_ids, replayed, final, cache, diag) -> dict[str, Any]:
+    """The report's "3d": each ground-truth object with ``center_3d`` matched to the node's
+    instances of its frame (cached per frame: a frame's result does not change)."""
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    objects: dict[int, list[dict[str, Any]]] = {}
+    for a in gt["annotations"]:
+        if "center_3d" in a:
+            objects.setdefault(a["image_id"], []).append(
+                {**a, "label": names.get(a["category_id"])}
+            )
+    got, done = [], set()
+    for index, _, _, msg in rows:
+        image_id = image_ids[index]
+        if image_id is None:
+            continue
+        if index not in cache:
+            cache[index] = _frame_3d_rows(msg, objects.get(image_id, []))
+        got += cache[index]
+        done.add(image_id)
+    if final:  # a frame read without a result: its objects are missed
+        for image_id in sorted(replayed - done):
+            got += match_3d([{**a, "mask": None} for a in objects.get(image_id, [])], [])
+    return {
+        "over": "frames read" if final else "frames with results",
+        "iou_min": IOU_MIN, "visible_min": VISIBLE_MIN,
+        "all": summarise_3d(got),
+        "fully_visible": summarise_3d([r for r in got if r["visible_fraction"] >= VISIBLE_MIN]),
+        "depth_step_ms": _depth_step_ms(diag),
+    }  # fmt: skip
 
 
 def _budget_trace(diag: list[Any]) -> list[dict[str, str]]:
@@ -427,6 +704,8 @@ def _write_page(out: Path, r: dict[str, Any]) -> None:
             f"Against the ground truth ({r['gt_images']} images, {r['ap_over']}): mask AP "
             f"{r['mask_ap']:.1f}, mask AP50 {r['mask_ap50']:.1f}, box AP {r['box_ap']:.1f}.", ""
         ]  # fmt: skip
+    if "3d" in r:
+        lines += _section_3d_lines(r["3d"])
     if r["bag_damage"]:
         lines += ["The bag is damaged; it was read up to the damage: "
                   + "; ".join(r["bag_damage"][:5]) + ".", ""]  # fmt: skip
@@ -438,3 +717,40 @@ def _write_page(out: Path, r: dict[str, Any]) -> None:
                   + "; ".join(r["problems"][:10]), ""]  # fmt: skip
     lines += [f"![{p}]({p})" for p in plots]
     atomic_write_bytes(out / "report.md", ("\n".join(lines) + "\n").encode())
+
+
+def _fmt(v: float | None, spec: str, scale: float = 1.0) -> str:
+    return "-" if v is None else format(v * scale, spec)
+
+
+def section_3d_table(s: dict[str, Any]) -> list[str]:
+    """The report's "3d" section as a markdown table (a row for all objects, one for the
+    fully visible)."""
+    lines = [
+        "| objects | GT | matched | with 3D | centre error p50 / p90 (m) "
+        "| p50 / p90 (% of distance) | 3D IoU p50 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, key in (("all", "all"), (f"visible >= {s['visible_min']:g}", "fully_visible")):
+        t = s[key]
+        lines.append(
+            f"| {name} | {t['gt_objects']} | {t['matched']} ({_fmt(t['matched_share'], '.0%')}) "
+            f"| {t['with_3d']} ({_fmt(t['with_3d_share'], '.0%')}) "
+            f"| {_fmt(t['centre_error_m_median'], '.3f')} / {_fmt(t['centre_error_m_p90'], '.3f')} "
+            f"| {_fmt(t['centre_error_rel_median'], '.1f', 100)} / "
+            f"{_fmt(t['centre_error_rel_p90'], '.1f', 100)} | {_fmt(t['iou3d_median'], '.2f')} |"
+        )  # fmt: skip
+    return lines
+
+
+def _section_3d_lines(s: dict[str, Any]) -> list[str]:
+    step = s.get("depth_step_ms")
+    lines = [f"3D against the ground truth ({s['over']}): each object matched to the node's "
+             f"instance of its label with the highest mask IoU (>= {s['iou_min']:g}); centre "
+             "error and 3D IoU over the matched ones with 3D"
+             + (f"; the node's 3D step {step:.2f} ms per frame" if step is not None else "")
+             + ".", "", *section_3d_table(s), ""]  # fmt: skip
+    if s.get("frames_without_depth"):
+        lines[0:0] = [f"{s['frames_without_depth']} frames had no depth image within the "
+                      "allowed offset of their stamp (sent with an empty one).", ""]  # fmt: skip
+    return lines
