@@ -26,15 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobius_core.data.rgbd import rgbd_scenes
-from mobius_core.geometry3d import EXTENTS, instance_3d, instances_3d
-
-
-def iou_3d(center, size, box3d) -> float:
-    """IoU of the axis-aligned boxes ``center +- size/2`` and ``box3d`` ((2, 3) min, max)."""
-    lo, hi = center - size / 2, center + size / 2
-    inter = np.prod(np.clip(np.minimum(hi, box3d[1]) - np.maximum(lo, box3d[0]), 0, None))
-    union = np.prod(size) + np.prod(box3d[1] - box3d[0]) - inter
-    return float(inter / union) if union > 0 else 0.0
+from mobius_core.geometry3d import EXTENTS, instance_3d, instances_3d, iou_3d
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:

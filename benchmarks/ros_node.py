@@ -392,10 +392,14 @@ def main() -> int:
             print(f"| node overhead (the difference) | {r['over_p50']:.1f} | {r['over_p95']:.1f} |")
             stop(proc)
             f = floor(h, frames, args.frames, args.domain_id)
-            print(f"| floor: the same frames to an echo process (transport only) | "
-                  f"{f['e2e_p50']:.1f} | {f['e2e_p95']:.1f} |")
-            print(f"\np95 overhead / p50 inference: {r['over_p95'] / r['inf_p50']:.1%}; "
-                  f"the floor alone, p95 / p50 inference: {f['e2e_p95'] / r['inf_p50']:.1%}")
+            print(
+                f"| floor: the same frames to an echo process (transport only) | "
+                f"{f['e2e_p50']:.1f} | {f['e2e_p95']:.1f} |"
+            )
+            print(
+                f"\np95 overhead / p50 inference: {r['over_p95'] / r['inf_p50']:.1%}; "
+                f"the floor alone, p95 / p50 inference: {f['e2e_p95'] / r['inf_p50']:.1%}"
+            )
             print_node_profile(node_profile(profile, r["sent"]))
             b = breakdown(frames, args.frames, args.threshold)
             print("\nIn-process breakdown of the same steps:\n\n| step | p50 (ms) | p95 (ms) |")

@@ -227,6 +227,15 @@ def instance_3d(
                       pts.astype(np.float32) if keep_points else None)  # fmt: skip
 
 
+def iou_3d(center, size, box3d) -> float:
+    """IoU of the axis-aligned boxes ``center +- size/2`` and ``box3d`` ((2, 3): min, max)."""
+    center, size, box3d = (np.asarray(a, float) for a in (center, size, box3d))
+    lo, hi = center - size / 2, center + size / 2
+    inter = np.prod(np.clip(np.minimum(hi, box3d[1]) - np.maximum(lo, box3d[0]), 0, None))
+    union = np.prod(size) + np.prod(box3d[1] - box3d[0]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
 def instances_3d(masks, boxes, depth, camera: Intrinsics, **options) -> list[Instance3D]:
     """``instance_3d`` of every mask in ``masks`` [N, H, W] with its box in ``boxes``."""
     boxes = [None] * len(masks) if boxes is None else boxes

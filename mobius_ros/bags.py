@@ -157,19 +157,13 @@ def _write_bag(bag: Path, plugin, items, fps: float, depth: bool) -> None:
             writer.write(info_conn, t, ts.serialize_cdr(info, CameraInfo.__msgtype__))
 
 
-def rgbd_categories() -> list[str]:
-    """The names of the RGB-D world's objects, "<colour> <solid>", in a fixed order."""
-    from mobius_core.data.rgbd import SOLIDS
-    from mobius_core.data.synthetic import COLOURS
-
-    return [f"{c} {s}" for c in COLOURS for s in SOLIDS]
-
-
 def _rgbd_coco_header(seed: int) -> dict[str, Any]:
+    from mobius_core.data.rgbd import RGBD_CATEGORIES
+
     return {
         "info": {"description": f"MOBIUS synthetic RGB-D solids (rgbd_scenes), seed {seed}"},
         "licenses": [],
-        "categories": [{"id": k + 1, "name": n} for k, n in enumerate(rgbd_categories())],
+        "categories": [{"id": k + 1, "name": n} for k, n in enumerate(RGBD_CATEGORIES)],
         "images": [],
         "annotations": [],
     }
@@ -177,32 +171,21 @@ def _rgbd_coco_header(seed: int) -> dict[str, Any]:
 
 def _rgbd_items(coco: dict[str, Any], frames: int, seed: int, size: tuple[int, int]):
     """(record, RGB, depth mm, intrinsics) per scene, filling ``coco`` as it goes: visible
-    objects only, masks as COCO RLE, with their 3D ground truth."""
-    from mobius_core.data.rgbd import rgbd_scenes
-    from mobius_core.rle import encode_rle
-
-    def floats(a) -> list[float]:
-        return [round(float(v), 6) for v in np.ravel(a)]
+    objects only, masks as COCO RLE, each with its 3D ground truth (``center_3d``,
+    ``box3d``, ``distance``, ``visible_fraction``)."""
+    from mobius_core.data.rgbd import rgbd_scenes, scene_annotations
 
     cat_id = {c["name"]: c["id"] for c in coco["categories"]}
-    ann_id = 0
     for k, scene in enumerate(rgbd_scenes(frames, seed, (int(size[0]), int(size[1])))):
         h, w = scene.image.shape[:2]
         record = {"id": k + 1, "file_name": f"rgbd_{k + 1:06d}", "height": h, "width": w}
         coco["images"].append(record)
-        for o in scene.objects:
-            if o.area == 0:
-                continue
-            ann_id += 1
-            x0, y0, x1, y1 = (float(v) for v in o.box)
-            coco["annotations"].append({
-                "id": ann_id, "image_id": record["id"], "category_id": cat_id[o.name],
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(o.area), "iscrowd": 0,
-                "segmentation": encode_rle(o.mask), "center_3d": floats(o.center),
-                "box3d": [floats(o.box3d[0]), floats(o.box3d[1])],
-                "distance": round(float(o.distance), 6),
-                "visible_fraction": round(float(o.visible_fraction), 6),
-            })  # fmt: skip
+        anns, gt3d = scene_annotations(scene, record["id"], len(coco["annotations"]) + 1, cat_id)
+        for a in anns:
+            g = gt3d[str(a["id"])]
+            a.update(center_3d=g["center"], box3d=g["box3d"], distance=g["distance"],
+                     visible_fraction=g["visible_fraction"])  # fmt: skip
+        coco["annotations"] += anns
         yield record, scene.image, scene.depth_mm, scene.camera
 
 

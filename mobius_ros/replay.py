@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from mobius_core.atomic import atomic_write_bytes
+from mobius_core.geometry3d import iou_3d
 
 from .bags import (
     DEPTH_TOPIC,
@@ -166,15 +167,6 @@ class StampMatcher:
 # --- 3D against ground truth ----------------------------------------------------------------
 
 IOU_MIN, VISIBLE_MIN = 0.5, 0.9
-
-
-def iou_3d(center, size, box3d) -> float:
-    """IoU of the axis-aligned boxes ``center +- size/2`` and ``box3d`` ((2, 3) min, max)."""
-    center, size, box3d = (np.asarray(a, float) for a in (center, size, box3d))
-    lo, hi = center - size / 2, center + size / 2
-    inter = np.prod(np.clip(np.minimum(hi, box3d[1]) - np.maximum(lo, box3d[0]), 0, None))
-    union = np.prod(size) + np.prod(box3d[1] - box3d[0]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def match_3d(gt_objects: list[dict[str, Any]], instances: list[dict[str, Any]],

@@ -761,6 +761,30 @@ def _floats(a) -> list[float]:
     return [round(float(v), 6) for v in np.ravel(a)]
 
 
+def scene_annotations(
+    scene: RGBDScene, image_id: int, first_id: int, cat_id: dict[str, int]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """COCO annotations (RLE masks of the visible pixels; ids from ``first_id``) of the
+    scene's visible objects, and their 3D ground truth by annotation id (``name``,
+    ``center``, ``box3d`` [min xyz, max xyz], ``distance``, ``visible_fraction``)."""
+    anns, per_ann = [], {}
+    for o in scene.objects:
+        if o.area == 0:
+            continue
+        ann_id = first_id + len(anns)
+        x0, y0, x1, y1 = (float(v) for v in o.box)
+        anns.append({"id": ann_id, "image_id": image_id, "category_id": cat_id[o.name],
+                     "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(o.area), "iscrowd": 0,
+                     "segmentation": encode_rle(o.mask)})  # fmt: skip
+        per_ann[str(ann_id)] = {
+            "name": o.name, "center": _floats(o.center),
+            "box3d": [_floats(o.box3d[0]), _floats(o.box3d[1])],
+            "distance": round(float(o.distance), 6),
+            "visible_fraction": round(float(o.visible_fraction), 6),
+        }  # fmt: skip
+    return anns, per_ann
+
+
 def write_rgbd_split(
     out_dir: str | os.PathLike,
     split: str,
@@ -803,30 +827,9 @@ def write_rgbd_split(
         coco["images"].append(
             {"id": image_id, "file_name": name, "height": cam.height, "width": cam.width}
         )
-        per_ann = {}
-        for o in scene.objects:
-            if o.area == 0:
-                continue
-            ann_id += 1
-            x0, y0, x1, y1 = o.box
-            coco["annotations"].append(
-                {
-                    "id": ann_id,
-                    "image_id": image_id,
-                    "category_id": cat_id[o.name],
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": int(o.area),
-                    "iscrowd": 0,
-                    "segmentation": encode_rle(o.mask),
-                }
-            )
-            per_ann[str(ann_id)] = {
-                "name": o.name,
-                "center": _floats(o.center),
-                "box3d": [_floats(o.box3d[0]), _floats(o.box3d[1])],
-                "distance": round(o.distance, 6),
-                "visible_fraction": round(o.visible_fraction, 6),
-            }
+        anns, per_ann = scene_annotations(scene, image_id, ann_id + 1, cat_id)
+        ann_id += len(anns)
+        coco["annotations"] += anns
         gt3d.append(
             {
                 "image_id": image_id,
@@ -868,28 +871,14 @@ def cached_rgbd_split(
     size and SHA-256, so an interrupted generation is never taken as complete (it is made
     again) and a damaged file is regenerated with one warning.
     """
-    from ..cache import Damaged, ensure_entry
     from ..cache import cache_root as mobius_cache
-    from .coco import CocoDataset
+    from .synthetic import cached_dataset
 
     _check_rgbd_split(split)
     folder = Path(root) if root is not None else mobius_cache() / "rgbd"
     folder = folder / f"{split}-n{num_images}-s{seed}-{size[0]}x{size[1]}"
-    marker = folder / "complete"
-    data = folder / split
-
-    def make() -> list[Path]:
-        write_rgbd_split(folder, split, num_images, seed, size, progress=progress)
-        return _rgbd_split_files(data)
-
-    def adopt() -> list[Path] | None:
-        if not marker.is_file():
-            return None
-        try:
-            return _rgbd_split_files(data)
-        except Exception as exc:
-            raise Damaged(f"{data} cannot be read ({str(exc)[:200]})") from exc
-
-    fix = "pass a writable root" if root is not None else "set MOBIUS_CACHE to a writable folder"
-    ensure_entry(marker, make, adopt, "cached rgbd split", "generating it again", fix)
-    return CocoDataset(data / "annotations.json", data / "images")
+    return cached_dataset(
+        folder / split,
+        lambda: write_rgbd_split(folder, split, num_images, seed, size, progress=progress),
+        _rgbd_split_files, "cached rgbd split", root is not None,
+    )  # fmt: skip

@@ -669,24 +669,39 @@ def cached_split(
     generated again with one warning, and a folder from an older version (whose ``complete``
     holds no record) is kept if its files load.
     """
-    from ..cache import Damaged, ensure_entry
-    from .coco import CocoDataset
-
     _check_split(split)
     folder = Path(root) if root is not None else cache_root()
     folder = folder / f"{split}-n{num_images}-s{seed}-{size[0]}x{size[1]}"
-    marker = folder / "complete"
-    data = folder / split
+    return cached_dataset(
+        folder / split,
+        lambda: write_split(folder, split, num_images, seed, size, progress=progress),
+        _split_files, "cached synthetic split", root is not None,
+    )  # fmt: skip
+
+
+def cached_dataset(data: Path, write, list_files, what: str, own_root: bool):
+    """``data`` (a split folder: annotations.json, images/) as a ``CocoDataset``, made by
+    ``write()`` unless its parent's ``complete`` record says a finished one is there.
+
+    ``list_files(data)`` names every file the record covers (the two JSON files first, then
+    PNGs, each checked to decode when adopted): an interrupted generation is redone, a
+    damaged file is generated again with one warning, and a folder from an older version
+    (whose ``complete`` holds no record) is kept if its files load (``mobius_core.cache``).
+    """
+    from ..cache import Damaged, ensure_entry
+    from .coco import CocoDataset
+
+    marker = data.parent / "complete"
 
     def make() -> list[Path]:
-        write_split(folder, split, num_images, seed, size, progress=progress)
-        return _split_files(data)
+        write()
+        return list_files(data)
 
     def adopt() -> list[Path] | None:
         if not marker.is_file():
             return None  # never finished: generated again, as it was never used
         try:
-            files = _split_files(data)
+            files = list_files(data)
             for f in files[2:]:
                 with Image.open(f) as im:
                     im.verify()
@@ -694,8 +709,8 @@ def cached_split(
             raise Damaged(f"{data} cannot be read ({str(exc)[:200]})") from exc
         return files
 
-    fix = "pass a writable root" if root is not None else "set MOBIUS_CACHE to a writable folder"
-    ensure_entry(marker, make, adopt, "cached synthetic split", "generating it again", fix)
+    fix = "pass a writable root" if own_root else "set MOBIUS_CACHE to a writable folder"
+    ensure_entry(marker, make, adopt, what, "generating it again", fix)
     return CocoDataset(data / "annotations.json", data / "images")
 
 

@@ -13,6 +13,8 @@ import os
 import numpy as np
 import pytest
 
+from mobius_core.data.rgbd import RGBD_CATEGORIES
+from mobius_core.geometry3d import iou_3d
 from mobius_ros.bags import (
     DEPTH_TOPIC,
     IMAGE_TOPIC,
@@ -21,12 +23,10 @@ from mobius_ros.bags import (
     bag_topics,
     make_bag,
     read_messages,
-    rgbd_categories,
 )
 from mobius_ros.replay import (
     StampMatcher,
     depth_topics,
-    iou_3d,
     match_3d,
     section_3d_table,
     summarise_3d,
@@ -54,7 +54,7 @@ def test_make_bag_rgbd_writes_image_depth_and_camera_info_at_equal_stamps(rgbd_b
     assert stamps[IMAGE_TOPIC] == stamps[DEPTH_TOPIC] == stamps[INFO_TOPIC]
     gt = json.loads(gt_path.read_text())
     assert [im["timestamp_ns"] for im in gt["images"]] == stamps[IMAGE_TOPIC]
-    assert [c["name"] for c in gt["categories"]] == rgbd_categories()
+    assert [c["name"] for c in gt["categories"]] == list(RGBD_CATEGORIES)
     scenes = list(rgbd_scenes(3, 0))
     for scene, image, depth, info in zip(scenes, *msgs.values()):
         cam = scene.camera
