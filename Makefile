@@ -19,7 +19,7 @@ VENV_ABS = $(abspath $(VENV))
 PEER       := .venv-peer
 PEER_STAMP := $(PEER)/.installed
 
-.PHONY: test lint install ros ros-extras demo clean peer
+.PHONY: test lint install ros ros-extras demo demo-rgbd clean peer
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 needed"' \
@@ -66,6 +66,10 @@ test: $(STAMP) $(ROS_STAMP)
 # The main job on the embedded default: node + shipped model + demo camera + one prompt change.
 demo: $(STAMP) $(ROS_STAMP)
 	AMENT_PREFIX_PATH=$(VENV_ABS) $(VENV)/bin/mobius-ros demo --out demo_out
+
+# The same node with use_depth on rendered RGB-D scenes: 3D positions in the report.
+demo-rgbd: $(STAMP) $(ROS_STAMP)
+	AMENT_PREFIX_PATH=$(VENV_ABS) $(VENV)/bin/mobius-ros demo --rgbd --out demo_out/rgbd
 
 $(PEER_STAMP): $(STAMP) requirements-peer.txt
 	$(PYTHON) -m venv $(PEER)

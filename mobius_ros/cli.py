@@ -2,7 +2,7 @@
 
 mobius-ros node [--ros-args -p prompts:="['forklift','pallet']" -r image:=/camera/image_raw]
 mobius-ros camera [--rate 15] [--ros-args ...]
-mobius-ros demo [--out demo_out] [--seconds 10]
+mobius-ros demo [--out demo_out] [--seconds 10] [--rgbd]
 mobius-ros bundle [--config shapes_tiny] [--size N] [--no-visual]
   (export the shipped model's ONNX bundle into the cache once, so the node starts
   without torch; as `python -m mobius_core.bundle`)
@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         "--domain-id", type=int, default=None, help="ROS_DOMAIN_ID, 0..101 (default: from the pid)"
     )
     demo.add_argument("--backend", default="onnxruntime")
+    demo.add_argument("--rgbd", action="store_true",
+                      help="RGB-D scenes with use_depth: 3D positions in the report")  # fmt: skip
     bag = sub.add_parser("make-bag", help="write a synthetic-benchmark bag + gt.json")
     bag.add_argument("--split", default="val", choices=["train", "val", "val_unseen"])
     bag.add_argument("--frames", type=int, default=20)
@@ -172,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
             return 128 + int(signal.Signals[report["signal"]])
         return 0
+    if args.rgbd:
+        from .demo import run_rgbd_demo
+
+        return run_rgbd_demo(args.out, domain_id=args.domain_id)
     from .demo import run_demo
 
     return run_demo(args.out, args.seconds, args.rate, args.domain_id, args.backend)

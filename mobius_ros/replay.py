@@ -225,8 +225,9 @@ def summarise_3d(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _frame_3d_rows(msg: Any, gt_objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """match_3d of one InstanceArray against its frame's gt annotations (COCO dicts)."""
+def frame_3d_rows(msg: Any, gt_objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """match_3d of one InstanceArray against its frame's gt annotations (COCO dicts with
+    ``label``; a ``mask`` array where given, else decoded from ``segmentation``)."""
     from mobius_core.rle import decode_rle
 
     labels = {a["label"] for a in gt_objects}
@@ -238,7 +239,7 @@ def _frame_3d_rows(msg: Any, gt_objects: list[dict[str, Any]]) -> list[dict[str,
                              "counts": list(i.mask_rle_counts)})}
         for i in msg.instances if i.label in labels  # only those that can match
     ]  # fmt: skip
-    gts = [{**a, "mask": decode_rle(a["segmentation"])} for a in gt_objects]
+    gts = [a if "mask" in a else {**a, "mask": decode_rle(a["segmentation"])} for a in gt_objects]
     return match_3d(gts, instances)
 
 
@@ -622,7 +623,7 @@ def _section_3d(gt, rows, image_ids, replayed, final, cache, diag) -> dict[str, 
         if image_id is None:
             continue
         if index not in cache:
-            cache[index] = _frame_3d_rows(msg, objects.get(image_id, []))
+            cache[index] = frame_3d_rows(msg, objects.get(image_id, []))
         got += cache[index]
         done.add(image_id)
     if final:  # a frame read without a result: its objects are missed
