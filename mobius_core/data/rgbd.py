@@ -69,7 +69,7 @@ import numpy as np
 from ..atomic import atomic_write_bytes
 from ..geometry3d import Intrinsics, depth_to_metres
 from ..rle import encode_rle
-from .synthetic import COLOURS, _coco_header, _png_bytes
+from .synthetic import COLOURS, _coco_header, _png_bytes, progress_bar
 
 __all__ = [
     "MAX_RANGE",
@@ -809,14 +809,7 @@ def write_rgbd_split(
     coco = _coco_header(split, seed, RGBD_CATEGORIES, "synthetic RGB-D solids")
     gt3d: list[dict[str, Any]] = []
     it: Any = _split_scenes(split, num_images, seed, (int(size[0]), int(size[1])))
-    bar = None
-    if progress:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            pass
-        else:
-            it = bar = tqdm(it, total=num_images, desc=f"rgbd {split}", unit="img")
+    it, bar = progress_bar(it, num_images, f"rgbd {split}") if progress else (it, None)
     ann_id = 0
     for index, scene in enumerate(it):
         image_id = index + 1

@@ -599,6 +599,16 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def progress_bar(it, total: int, desc: str):
+    """(``it`` wrapped in a tqdm bar, the bar) when tqdm is installed, else (``it``, None)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return it, None
+    bar = tqdm(it, total=total, desc=desc, unit="img")
+    return bar, bar
+
+
 def write_split(
     out_dir: str | os.PathLike,
     split: str,
@@ -627,14 +637,7 @@ def write_split(
     coco = _coco_header(split, seed)
     refs: list[dict[str, Any]] = []
     it = _iter_split(split, num_images, seed, size)
-    bar = None
-    if progress:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            pass
-        else:
-            it = bar = tqdm(it, total=num_images, desc=split, unit="img")
+    it, bar = progress_bar(it, num_images, split) if progress else (it, None)
     for record, image, anns, image_refs in it:
         atomic_write_bytes(image_dir / record["file_name"], _png_bytes(image))
         coco["images"].append(record)
