@@ -26,19 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobius_core.data.rgbd import rgbd_scenes
-from mobius_core.geometry3d import EXTENTS, instance_3d, instances_3d, iou_3d
-
-
-def summarise(rows: list[dict]) -> dict[str, float]:
-    got = [r for r in rows if r["has_3d"]]
-    err = np.array([r["error"] for r in got])
-    rel = np.array([r["error"] / r["distance"] for r in got])
-    iou = np.array([r["iou"] for r in got])
-    pct = (lambda a, q: float(np.percentile(a, q))) if len(got) else (lambda a, q: float("nan"))
-    return {"objects": len(rows), "with_3d": len(got) / max(len(rows), 1),
-            "err_p50": pct(err, 50), "err_p90": pct(err, 90),
-            "rel_p50": pct(rel, 50), "rel_p90": pct(rel, 90),
-            "iou_p50": pct(iou, 50)}  # fmt: skip
+from mobius_core.geometry3d import EXTENTS, instance_3d, instances_3d, iou_3d, summarise_3d
 
 
 def main() -> int:
@@ -54,12 +42,17 @@ def main() -> int:
         for obj in scene.objects:
             for extent in EXTENTS:
                 r = instance_3d(obj.mask, depth, scene.camera, obj.box, extent=extent)
-                rows[extent].append({
-                    "has_3d": r.has_3d, "distance": obj.distance,
-                    "error": float(np.linalg.norm(r.center - obj.center)) if r.has_3d else 0.0,
-                    "iou": iou_3d(r.center, r.size, obj.box3d) if r.has_3d else 0.0,
-                    "visible": obj.visible_fraction, "reason": r.reason,
-                })  # fmt: skip
+                row = {
+                    "matched": True,
+                    "has_3d": r.has_3d,
+                    "distance": obj.distance,
+                    "visible": obj.visible_fraction,
+                }  # the mask is the truth: matched
+                if r.has_3d:
+                    err = float(np.linalg.norm(r.center - obj.center))
+                    row.update(error=err, rel_error=err / obj.distance,
+                               iou3d=iou_3d(r.center, r.size, obj.box3d))  # fmt: skip
+                rows[extent].append(row)
         if len(scene.objects) >= 5 or five is None:
             objs = (scene.objects * 5)[:5]
             five = (np.stack([o.mask for o in objs]), np.array([o.box for o in objs]), depth,
@@ -77,10 +70,11 @@ def main() -> int:
             ("all", lambda r: True),
             ("fully visible", lambda r: r["visible"] >= 0.9),
         ):
-            s = summarise([r for r in rows[extent] if sel(r)])
-            print(f"| {extent}, {name} | {s['objects']} | {s['with_3d']:.1%} | "
-                  f"{s['err_p50']:.3f} / {s['err_p90']:.3f} | {s['rel_p50']:.1%} / "
-                  f"{s['rel_p90']:.1%} | {s['iou_p50']:.2f} |")  # fmt: skip
+            s = summarise_3d([r for r in rows[extent] if sel(r)])
+            print(f"| {extent}, {name} | {s['gt_objects']} | {s['with_3d_share']:.1%} | "
+                  f"{s['centre_error_m_median']:.3f} / {s['centre_error_m_p90']:.3f} | "
+                  f"{s['centre_error_rel_median']:.1%} / {s['centre_error_rel_p90']:.1%} | "
+                  f"{s['iou3d_median']:.2f} |")  # fmt: skip
     t = np.array(timing[1:]) * 1e3
     print(f"\n3D step, 5 instances at 640x480: p50 {np.percentile(t, 50):.2f} ms, "
           f"p95 {np.percentile(t, 95):.2f} ms ({len(t)} frames)")  # fmt: skip
@@ -92,7 +86,7 @@ def main() -> int:
         for extent in EXTENTS:
             got = [r for r in rows[extent] if r["has_3d"]]
             dist = np.array([r["distance"] for r in got])
-            rel = np.array([100 * r["error"] / r["distance"] for r in got])
+            rel = np.array([100 * r["rel_error"] for r in got])
             mids, meds = [], []
             for a, b in zip(edges[:-1], edges[1:]):
                 sel = (dist >= a) & (dist < b)

@@ -30,6 +30,7 @@ reason (``NO_DEPTH`` reasons, counted by the node's diagnostics).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -234,6 +235,28 @@ def iou_3d(center, size, box3d) -> float:
     inter = np.prod(np.clip(np.minimum(hi, box3d[1]) - np.maximum(lo, box3d[0]), 0, None))
     union = np.prod(size) + np.prod(box3d[1] - box3d[0]) - inter
     return float(inter / union) if union > 0 else 0.0
+
+
+def summarise_3d(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and shares of rows, one per ground-truth object (``matched``, ``has_3d`` and,
+    with 3D, ``error`` m, ``rel_error`` share of the distance, ``iou3d``; as
+    ``mobius_ros.replay.match_3d`` makes them); centre error median / p90 (m and as a share
+    of the distance) and the median 3D IoU over the matched ones with 3D (None where there
+    are none)."""
+    matched = [r for r in rows if r["matched"]]
+    got = [r for r in matched if r["has_3d"]]
+
+    def pct(key: str, q: float) -> float | None:
+        return float(np.percentile([r[key] for r in got], q)) if got else None
+
+    return {
+        "gt_objects": len(rows), "matched": len(matched),
+        "matched_share": len(matched) / len(rows) if rows else None,
+        "with_3d": len(got), "with_3d_share": len(got) / len(matched) if matched else None,
+        "centre_error_m_median": pct("error", 50), "centre_error_m_p90": pct("error", 90),
+        "centre_error_rel_median": pct("rel_error", 50),
+        "centre_error_rel_p90": pct("rel_error", 90), "iou3d_median": pct("iou3d", 50),
+    }  # fmt: skip
 
 
 def instances_3d(masks, boxes, depth, camera: Intrinsics, **options) -> list[Instance3D]:

@@ -46,12 +46,7 @@ def phase_stats(records: list[tuple[float, float, Any]]) -> dict[str, float]:
 
 
 def _png(msg: Any) -> bytes:
-    from PIL import Image
-
-    arr = image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, bytes(msg.data))
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
+    return _png_array(image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, bytes(msg.data)))
 
 
 def run_demo(out: Path, seconds: float = 10.0, rate: float = 15.0, domain_id: int | None = None,
@@ -167,9 +162,10 @@ def run_rgbd_demo(out: Path, frames: int = 12, seed: int = 7, domain_id: int | N
     camera_info at one stamp): each instance's 3D position against the scene's truth, a
     report (Markdown + JSON) and an overlay with the positions written on it."""
     from mobius_core.data.rgbd import rgbd_scenes
+    from mobius_core.geometry3d import summarise_3d
 
     from .depth import camera_info_msg, depth_image_msg
-    from .replay import VISIBLE_MIN, frame_3d_rows, section_3d_table, summarise_3d
+    from .replay import VISIBLE_MIN, frame_3d_rows, section_3d_table
 
     domain = domain_id if domain_id is not None else 1 + os.getpid() % 100
     use_local_ros_env(domain)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mobius_core.geometry3d import Instance3D, Intrinsics, depth_factor, depth_to_metres
+from mobius_core.geometry3d import Instance3D, Intrinsics, depth_to_metres
 from mobius_core.geometry3d import instances_3d as _instances_3d
 
 _DEPTH_DTYPES = {"16UC1": np.uint16, "mono16": np.uint16, "32FC1": np.float32}
@@ -90,11 +90,7 @@ def frame_3d(
     try:
         depth = depth_msg_to_metres(depth_msg)
         camera = camera_from_info(info, masks.shape[1:] if masks.ndim == 3 else (0, 0))
-        if len(masks):
-            depth_factor(depth.shape, masks.shape[1:])  # a clear error for a bad size
-            results = _instances_3d(masks, boxes, depth, camera, **options)
-        else:
-            results = []
+        results = _instances_3d(masks, boxes, depth, camera, **options)  # checks the size
     except (DepthError, ValueError) as exc:
         return Frame3D(None, str(exc), time.perf_counter() - start)
     return Frame3D(results, "", time.perf_counter() - start)

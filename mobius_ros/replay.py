@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from mobius_core.atomic import atomic_write_bytes
-from mobius_core.geometry3d import iou_3d
+from mobius_core.geometry3d import iou_3d, summarise_3d
 
 from .bags import (
     DEPTH_TOPIC,
@@ -203,26 +203,6 @@ def match_3d(gt_objects: list[dict[str, Any]], instances: list[dict[str, Any]],
                        iou3d=iou_3d(c, best["size"], g["box3d"]))  # fmt: skip
         rows.append(row)
     return rows
-
-
-def summarise_3d(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts and shares of :func:`match_3d` rows; centre error median / p90 (m and as a
-    share of the distance) and the median 3D IoU over the matched ones with 3D (None where
-    there are none)."""
-    matched = [r for r in rows if r["matched"]]
-    got = [r for r in matched if r["has_3d"]]
-
-    def pct(key: str, q: float) -> float | None:
-        return float(np.percentile([r[key] for r in got], q)) if got else None
-
-    return {
-        "gt_objects": len(rows), "matched": len(matched),
-        "matched_share": len(matched) / len(rows) if rows else None,
-        "with_3d": len(got), "with_3d_share": len(got) / len(matched) if matched else None,
-        "centre_error_m_median": pct("error", 50), "centre_error_m_p90": pct("error", 90),
-        "centre_error_rel_median": pct("rel_error", 50),
-        "centre_error_rel_p90": pct("rel_error", 90), "iou3d_median": pct("iou3d", 50),
-    }  # fmt: skip
 
 
 def frame_3d_rows(msg: Any, gt_objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -499,6 +479,9 @@ def run_replay(
                     run.maybe_write()
                 # the last results (and diagnostics), up to 3 s
                 run.spin(3.0, lambda: all(s in h.instances for s in run.sent))
+                if topics_3d is not None:  # depth_step_ms: a diagnostics message after them
+                    seen = len(h.diag)
+                    run.spin(3.0, lambda: len(h.diag) > seen)
                 state["armed"] = False  # done: a signal now only hurries the stop
                 run.status = "complete"
         except (Interrupted, KeyboardInterrupt) as exc:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mobius_core.data.rgbd import RGBD_CATEGORIES
-from mobius_core.geometry3d import iou_3d
+from mobius_core.geometry3d import iou_3d, summarise_3d
 from mobius_ros.bags import (
     DEPTH_TOPIC,
     IMAGE_TOPIC,
@@ -29,7 +29,6 @@ from mobius_ros.replay import (
     depth_topics,
     match_3d,
     section_3d_table,
-    summarise_3d,
 )
 
 DOMAIN = 20 + (os.getpid() + 50) % 60
